@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Creates (or reuses) ./.venv with the pinned requirements and the plugin
+# installed in editable mode. Sourced by the README's commands.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+STAMP="$VENV/.vtlm-installed"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV with $($PYTHON --version 2>&1)"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# Reinstall only when the requirements or the package metadata changed.
+want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
+    echo "[setup] installing requirements into $VENV (one pip call: torch is pinned with fairseq)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt"
+    "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
+    echo "$want" > "$STAMP"
+else
+    echo "[setup] reusing $VENV"
+fi
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,13 @@
+import logging
+import os
+import sys
+
+
+def setup_logging():
+    """fairseq's console log format, so our commands read like its own."""
+    logging.basicConfig(
+        format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        level=os.environ.get("LOGLEVEL", "INFO").upper(),
+        stream=sys.stdout,
+    )

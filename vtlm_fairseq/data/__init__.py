@@ -1,0 +1,1 @@
+"""Datasets, corpus readers and the region-feature store."""

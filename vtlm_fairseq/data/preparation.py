@@ -1,0 +1,247 @@
+"""Raw parallel text (+ image lists) -> fairseq data-bin, the paper's way:
+Moses normalisation and tokenisation, lowercasing and accent stripping, joint
+BPE, ``fairseq-preprocess`` with a joined dictionary, and one ``{split}.order``
+file per split next to the binarised text."""
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .bpe import apply_bpe_lines, learn_joint_bpe
+from .corpus import (
+    CorpusError,
+    check_parallel,
+    discover_splits,
+    find_text_file,
+    read_lines,
+    read_order_file,
+)
+from .tokenization import tokenize_lines
+
+logger = logging.getLogger(__name__)
+
+# Multi30k calls its validation split "val"; fairseq expects "valid".
+DEFAULT_RENAMES = {"val": "valid"}
+
+
+@dataclass
+class PrepareConfig:
+    raw_dir: str
+    dest_dir: str
+    src: str = "en"
+    tgt: str = "de"
+    # split names to prepare, "name" or "name=raw_name"; empty = all found
+    splits: List[str] = field(default_factory=list)
+    image_splits_dir: Optional[str] = None
+    lowercase: bool = True
+    strip_accents: bool = True
+    bpe_merges: int = 10000
+    bpe_codes: Optional[str] = None  # reuse existing subword-nmt codes
+    workers: int = max(1, min(4, os.cpu_count() or 1))
+    force: bool = False
+
+
+@dataclass
+class SplitSource:
+    name: str  # name in the data-bin
+    text: Dict[str, Path]  # lang -> raw file
+    order: Optional[Path]
+
+
+def resolve_splits(cfg: PrepareConfig) -> List[SplitSource]:
+    if cfg.splits:
+        pairs = [s.split("=", 1) if "=" in s else (s, s) for s in cfg.splits]
+    else:
+        found = discover_splits(cfg.raw_dir, cfg.src, cfg.tgt)
+        pairs = [(DEFAULT_RENAMES.get(s, s), s) for s in found]
+    if not pairs:
+        raise CorpusError(
+            f"{cfg.raw_dir}: no split has both a .{cfg.src} and a .{cfg.tgt} file"
+        )
+    names = [name for name, _ in pairs]
+    if "train" not in names:
+        raise CorpusError(
+            f"{cfg.raw_dir}: no 'train' split for the dictionary and BPE (found "
+            f"{names}); name one with --splits train=RAW_NAME"
+        )
+    if len(set(names)) != len(names):
+        raise CorpusError(f"split names given twice: {names}")
+    sources = []
+    for name, raw_name in pairs:
+        text = {}
+        for lang in (cfg.src, cfg.tgt):
+            path = find_text_file(cfg.raw_dir, raw_name, lang)
+            if path is None:
+                raise CorpusError(
+                    f"{cfg.raw_dir}: no {raw_name}.{lang} or {raw_name}.{lang}.gz"
+                )
+            text[lang] = path
+        order = None
+        if cfg.image_splits_dir:
+            order = Path(cfg.image_splits_dir) / f"{raw_name}.txt"
+            if not order.is_file():
+                raise CorpusError(f"{order}: no image list for split {raw_name}")
+        sources.append(SplitSource(name, text, order))
+    return sources
+
+
+def _chunks(lines, n):
+    size = max(1, (len(lines) + n - 1) // n)
+    return [lines[i : i + size] for i in range(0, len(lines), size)]
+
+
+def _parallel_map(pool, fn, const, lines, n):
+    if not lines:
+        return []
+    out = pool.map(fn, [(*const, chunk) for chunk in _chunks(lines, n)])
+    return [line for chunk in out for line in chunk]
+
+
+def _write_lines(path: Path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+def _check_not_emptied(source: Path, lines):
+    for lineno, line in enumerate(lines, start=1):
+        if not line:
+            raise CorpusError(f"{source}:{lineno}: nothing left after tokenisation")
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    start = time.time()
+    dest = Path(cfg.dest_dir)
+    if (dest / f"dict.{cfg.src}.txt").exists():
+        if not cfg.force:
+            raise FileExistsError(
+                f"{dest} already holds a prepared corpus; use --force to rebuild it"
+            )
+        for sub in ("tok", "bpe"):
+            shutil.rmtree(dest / sub, ignore_errors=True)
+        for path in dest.iterdir():
+            if path.is_file():
+                path.unlink()
+    sources = resolve_splits(cfg)
+
+    # Read and check everything before any slow step.
+    raw: Dict[str, Dict[str, List[str]]] = {}
+    orders: Dict[str, List[str]] = {}
+    for s in sources:
+        raw[s.name] = {lang: read_lines(p) for lang, p in s.text.items()}
+        checked = {str(s.text[lang]): raw[s.name][lang] for lang in (cfg.src, cfg.tgt)}
+        if s.order is not None:
+            orders[s.name] = read_order_file(s.order)
+            checked[str(s.order)] = orders[s.name]
+        check_parallel(checked)
+        logger.info(
+            "split %s: %d sentence pairs%s",
+            s.name,
+            len(raw[s.name][cfg.src]),
+            f", images from {s.order}" if s.order else "",
+        )
+
+    for sub in ("tok", "bpe"):
+        (dest / sub).mkdir(parents=True, exist_ok=True)
+
+    with Pool(cfg.workers) as pool:
+        tok: Dict[str, Dict[str, List[str]]] = {}
+        for s in sources:
+            tok[s.name] = {}
+            for lang in (cfg.src, cfg.tgt):
+                lines = _parallel_map(
+                    pool,
+                    tokenize_lines,
+                    (lang, cfg.lowercase, cfg.strip_accents),
+                    raw[s.name][lang],
+                    cfg.workers,
+                )
+                _check_not_emptied(s.text[lang], lines)
+                _write_lines(dest / "tok" / f"{s.name}.{lang}", lines)
+                tok[s.name][lang] = lines
+        logger.info("tokenised %d splits (%.1fs)", len(sources), time.time() - start)
+
+        codes = dest / "bpe.codes"
+        if cfg.bpe_codes:
+            shutil.copyfile(cfg.bpe_codes, codes)
+        else:
+            learn_joint_bpe(
+                [tok["train"][cfg.src], tok["train"][cfg.tgt]], codes, cfg.bpe_merges
+            )
+            logger.info("learned %d joint BPE merges on train", cfg.bpe_merges)
+        for s in sources:
+            for lang in (cfg.src, cfg.tgt):
+                lines = _parallel_map(
+                    pool, apply_bpe_lines, (str(codes),), tok[s.name][lang], cfg.workers
+                )
+                _write_lines(dest / "bpe" / f"{s.name}.{lang}", lines)
+    logger.info("applied BPE (%.1fs)", time.time() - start)
+
+    _binarize(cfg, dest, [s.name for s in sources])
+
+    for name, names in orders.items():
+        _write_lines(dest / f"{name}.order", names)
+
+    manifest = {
+        "config": asdict(cfg),
+        "splits": {
+            s.name: {
+                "pairs": len(raw[s.name][cfg.src]),
+                "text": {lang: str(p) for lang, p in s.text.items()},
+                "order": str(s.order) if s.order else None,
+            }
+            for s in sources
+        },
+        "seconds": round(time.time() - start, 1),
+    }
+    with open(dest / "prepare.json", "w") as f:
+        json.dump(manifest, f, indent=2)
+    logger.info("prepared %s in %.1fs", dest, time.time() - start)
+    return manifest
+
+
+def _binarize(cfg: PrepareConfig, dest: Path, split_names: List[str]) -> None:
+    """fairseq-preprocess with a joined dictionary learned on train. Every split
+    other than train goes through --testpref (named test, test1, ...) and is
+    renamed afterwards, so that any number of named test sets fit one folder."""
+    from fairseq import options
+    from fairseq_cli import preprocess
+
+    others = [n for n in split_names if n != "train"]
+    argv = [
+        "--source-lang", cfg.src,
+        "--target-lang", cfg.tgt,
+        "--joined-dictionary",
+        "--destdir", str(dest),
+        "--workers", str(cfg.workers),
+        "--dataset-impl", "mmap",
+    ]  # fmt: skip
+    argv += ["--trainpref", str(dest / "bpe" / "train")]
+    if others:
+        argv += ["--testpref", ",".join(str(dest / "bpe" / n) for n in others)]
+    args = options.get_preprocessing_parser().parse_args(argv)
+    handlers = list(preprocess.logger.handlers)
+    try:
+        preprocess.main(args)
+    finally:  # main() adds a file handler on every call
+        for h in preprocess.logger.handlers[len(handlers):]:
+            h.close()
+            preprocess.logger.removeHandler(h)
+    pair = f"{cfg.src}-{cfg.tgt}"
+    for k, name in enumerate(others):
+        tmp = "test" if k == 0 else f"test{k}"
+        for lang in (cfg.src, cfg.tgt):
+            for ext in ("bin", "idx"):
+                os.replace(
+                    dest / f"{tmp}.{pair}.{lang}.{ext}",
+                    dest / f"{name}.{pair}.{lang}.{ext}.renaming",
+                )
+    # two steps: a user split may itself be called "test1"
+    for path in dest.glob("*.renaming"):
+        os.replace(path, path.with_suffix(""))

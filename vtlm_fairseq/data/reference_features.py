@@ -1,0 +1,187 @@
+"""The reference code's feature layout (one pickle per image, as written by its
+TensorFlow extraction script) to and from our HDF5 store."""
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, List, Optional, Tuple
+
+import numpy as np
+
+from .feature_store import (
+    DEFAULT_NUM_CLASSES,
+    FeatureStore,
+    FeatureStoreError,
+    FeatureStoreWriter,
+    RegionFeatures,
+)
+
+logger = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pkl", ".pickle")
+PICKLE_KEYS = (
+    "detection_features",
+    "detection_boxes",
+    "detection_classes",
+    "detection_scores",
+)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Feature pickles hold numpy arrays and numbers; refuse anything else so
+    that importing downloaded features cannot run arbitrary code."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "int"),
+        ("builtins", "float"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def image_name_of(path: Path) -> str:
+    """``1000092795.jpg.pkl`` -> ``1000092795.jpg``; ``toyimg_A_000.pkl`` -> ``toyimg_A_000``."""
+    for suffix in PICKLE_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.name
+
+
+def load_reference_pickle(path: Path, top: Optional[int] = None) -> RegionFeatures:
+    """One reference pickle as RegionFeatures (first ``num_detections``
+    regions, at most ``top``); raises ValueError saying what is wrong."""
+    with open(path, "rb") as f:
+        data = _NumpyOnlyUnpickler(f).load()
+    if not isinstance(data, dict):
+        raise ValueError(f"holds a {type(data).__name__}, not a dict")
+    missing = [k for k in PICKLE_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"missing keys {missing}")
+    feats = np.asarray(data["detection_features"], dtype=np.float32)
+    if feats.ndim == 4:  # unpooled (n, h, w, D) maps: pool over space
+        feats = feats.mean(axis=(1, 2))
+    n = int(data.get("num_detections", len(feats)))
+    if top is not None:
+        n = min(n, top)
+    return RegionFeatures(
+        features=feats[:n],
+        boxes=np.asarray(data["detection_boxes"], dtype=np.float32)[:n],
+        classes=np.asarray(data["detection_classes"]).astype(np.int64)[:n],
+        scores=np.asarray(data["detection_scores"], dtype=np.float32)[:n],
+    )
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    skipped_present: int = 0
+    broken: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason)
+    missing: List[Tuple[str, int, str]] = field(default_factory=list)  # (order, line, name)
+
+    def lines(self) -> List[str]:
+        out = [
+            f"imported {self.imported} images, {self.skipped_present} already in the store, "
+            f"{len(self.broken)} broken files, {len(self.missing)} images named in order "
+            "files but without a pickle"
+        ]
+        out += [f"broken: {path}: {reason}" for path, reason in self.broken]
+        out += [f"missing: {order}:{line}: {name}" for order, line, name in self.missing]
+        return out
+
+
+def import_reference_pickles(
+    pickle_dir,
+    store_path,
+    num_regions: int = 36,
+    dtype: str = "float16",
+    num_classes: int = DEFAULT_NUM_CLASSES,
+    order_files: Iterable = (),
+    append: bool = False,
+) -> ImportReport:
+    """Imports every ``*.pkl``/``*.pickle`` of pickle_dir. Broken files are
+    reported and skipped; order files, if given, are checked for images
+    without a pickle. With ``append``, images already stored are skipped."""
+    from .corpus import read_order_file
+
+    files = sorted(
+        p for p in Path(pickle_dir).iterdir() if p.name.endswith(PICKLE_SUFFIXES)
+    )
+    if not files:
+        raise FeatureStoreError(f"{pickle_dir}: no .pkl or .pickle files")
+    report = ImportReport()
+    writer = None
+    try:
+        for path in files:
+            name = image_name_of(path)
+            if writer is not None and name in writer:
+                report.skipped_present += 1
+                continue
+            try:
+                regions = load_reference_pickle(path, top=num_regions)
+            except Exception as e:  # any unreadable file is reported, never fatal
+                report.broken.append((str(path), f"{type(e).__name__}: {e}"))
+                continue
+            if writer is None:
+                writer = FeatureStoreWriter(
+                    store_path,
+                    num_regions=num_regions,
+                    feature_dim=regions.features.shape[1],
+                    dtype=dtype,
+                    num_classes=num_classes,
+                    append=append,
+                    attrs={"source": f"reference pickles from {pickle_dir}"},
+                )
+                if name in writer:
+                    report.skipped_present += 1
+                    continue
+            try:
+                writer.add(name, regions)
+            except FeatureStoreError as e:
+                report.broken.append((str(path), str(e).split(": ", 1)[-1]))
+                continue
+            report.imported += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise FeatureStoreError(f"{pickle_dir}: no readable pickle ({len(report.broken)} broken)")
+    store = FeatureStore(store_path, validate="quick")
+    for order in order_files:
+        _, absent = store.rows_for(read_order_file(order), str(order), missing="drop")
+        report.missing += [(str(order), line, name) for line, name in absent]
+    return report
+
+
+def export_reference_pickles(store_path, names: Iterable[str], out_dir) -> List[Path]:
+    """Writes the named images as reference-format pickles (float32), for
+    inspection or for tools that read the reference layout."""
+    store = FeatureStore(store_path, validate="none")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        r = store.read(name)
+        path = out_dir / f"{name}.pkl"
+        with open(path, "wb") as f:
+            pickle.dump(
+                {
+                    "detection_features": r.features.astype(np.float32),
+                    "detection_boxes": r.boxes.astype(np.float32),
+                    "detection_classes": r.classes.astype(np.uint16),
+                    "detection_scores": r.scores.astype(np.float32),
+                    "num_detections": len(r),
+                },
+                f,
+            )
+        written.append(path)
+    return written

@@ -1,0 +1,1 @@
+"""Registered with fairseq on import of vtlm_fairseq."""
