@@ -1,0 +1,144 @@
+"""Scenes of the toy world, their captions, and the detector output an image
+of the scene would give: one region per object (sometimes a second, weaker
+detection of it), the person and their face, then background clutter, with
+features made of fixed class and colour prototypes plus noise."""
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+from ..data.feature_store import RegionFeatures
+from .grammar import TEMPLATES, Mention, capitalise
+from .lexicon import (
+    AMBIGUOUS,
+    BACKGROUND_CLASSES,
+    COLOURS,
+    OBJECTS,
+    PEOPLE,
+    Colour,
+    Noun,
+    class_ids,
+)
+
+MAX_OBJECTS = 3
+# salient regions at most: objects, their duplicate detections, person, face
+MIN_REGIONS = 2 * MAX_OBJECTS + 2
+
+
+@dataclass
+class SceneObject:
+    noun: Noun
+    colour: Colour
+
+
+@dataclass
+class Scene:
+    objects: List[SceneObject]
+    person: Optional[Noun]
+
+
+@dataclass
+class Caption:
+    en: str
+    de: str
+    template: str
+    # ambiguous words of this caption: English noun, the sense the image shows
+    ambiguous: List[Tuple[str, Noun]]
+
+
+def sample_scene(rng: np.random.Generator, ambiguous_rate: float) -> Scene:
+    """1-3 objects with distinct English nouns, each an ambiguous-noun sense
+    with probability ``ambiguous_rate``; a person in 60% of scenes."""
+    objects, used = [], set()
+    ambiguous_words = sorted(AMBIGUOUS)
+    for _ in range(rng.integers(1, MAX_OBJECTS + 1)):
+        for _attempt in range(20):
+            if rng.random() < ambiguous_rate:
+                senses = AMBIGUOUS[ambiguous_words[rng.integers(len(ambiguous_words))]]
+                noun = senses[rng.integers(len(senses))]
+            else:
+                noun = OBJECTS[rng.integers(len(OBJECTS))]
+            if noun.en not in used:
+                break
+        else:
+            continue
+        used.add(noun.en)
+        objects.append(SceneObject(noun, COLOURS[rng.integers(len(COLOURS))]))
+    person = PEOPLE[rng.integers(len(PEOPLE))] if rng.random() < 0.6 else None
+    return Scene(objects, person)
+
+
+def sample_caption(
+    rng: np.random.Generator, scene: Scene, colour_rate: float = 0.75
+) -> Caption:
+    fitting = [
+        t
+        for t in TEMPLATES
+        if t.objects <= len(scene.objects) and (scene.person is not None or not t.person)
+    ]
+    template = fitting[rng.integers(len(fitting))]
+    picked = rng.choice(len(scene.objects), size=template.objects, replace=False)
+    mentions = []
+    for i in picked:
+        obj = scene.objects[i]
+        colour = obj.colour if rng.random() < colour_rate else None
+        mentions.append(Mention(obj.noun, colour))
+    en, de = template.render(scene.person, mentions)
+    ambiguous = [(m.noun.en, m.noun) for m in mentions if m.noun.en in AMBIGUOUS]
+    return Caption(capitalise(en), capitalise(de), template.name, ambiguous)
+
+
+class RegionRenderer:
+    """Turns scenes into detector output. Prototypes are fixed by the world
+    seed, so a class looks alike in every split."""
+
+    def __init__(self, seed: int, num_regions: int, feature_dim: int, noise: float = 0.5):
+        if num_regions < MIN_REGIONS:
+            raise ValueError(f"the toy world needs at least {MIN_REGIONS} regions per image")
+        proto_rng = np.random.default_rng([seed, 0xFEA7])
+        n_classes = len(class_ids())
+        self.class_protos = proto_rng.standard_normal((n_classes, feature_dim)).astype(np.float32)
+        self.colour_protos = 0.5 * proto_rng.standard_normal(
+            (len(COLOURS), feature_dim)
+        ).astype(np.float32)
+        self.num_regions = num_regions
+        self.feature_dim = feature_dim
+        self.noise = noise
+        self._background = [class_ids()[c] for c in BACKGROUND_CLASSES]
+        self._face = class_ids()["Human face"]
+
+    def render(self, rng: np.random.Generator, scene: Scene) -> RegionFeatures:
+        # (class id, colour index, score range, box size range)
+        specs = []
+        for obj in scene.objects:
+            colour = COLOURS.index(obj.colour)
+            specs.append((obj.noun.class_id, colour, (0.75, 1.0), (0.2, 0.6)))
+            if rng.random() < 0.3:  # a second, weaker box on the same object
+                specs.append((obj.noun.class_id, colour, (0.3, 0.7), (0.1, 0.4)))
+        if scene.person is not None:
+            specs.append((scene.person.class_id, rng.integers(len(COLOURS)), (0.6, 0.99), (0.4, 0.9)))
+            specs.append((self._face, rng.integers(len(COLOURS)), (0.5, 0.9), (0.05, 0.2)))
+        while len(specs) < self.num_regions:
+            cls = self._background[rng.integers(len(self._background))]
+            specs.append((cls, rng.integers(len(COLOURS)), (0.05, 0.6), (0.05, 0.5)))
+
+        n = len(specs)
+        classes = np.array([s[0] for s in specs], dtype=np.int64)
+        colours = np.array([s[1] for s in specs], dtype=np.int64)
+        lo, hi = np.array([s[2] for s in specs], dtype=np.float32).T
+        scores = lo + (hi - lo) * rng.random(n, dtype=np.float32)
+        size_lo, size_hi = np.array([s[3] for s in specs], dtype=np.float32).T
+        hw = size_lo[:, None] + (size_hi - size_lo)[:, None] * rng.random((n, 2), dtype=np.float32)
+        top_left = (1.0 - hw) * rng.random((n, 2), dtype=np.float32)
+        boxes = np.concatenate([top_left, top_left + hw], axis=1)  # ymin, xmin, ymax, xmax
+        features = self.class_protos[classes] + self.colour_protos[colours]
+        features += self.noise * rng.standard_normal(features.shape, dtype=np.float32)
+        np.maximum(features, 0.0, out=features)  # pooled CNN activations are >= 0
+        order = np.argsort(-scores, kind="stable")  # detector output: best first
+        return RegionFeatures(
+            features=features[order],
+            boxes=np.clip(boxes[order], 0.0, 1.0),
+            classes=classes[order],
+            scores=scores[order],
+        )
