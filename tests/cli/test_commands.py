@@ -1,0 +1,100 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data.test_feature_store import make_store
+from tests.data.test_reference_features import reference_pickle
+from tests.data.store_helpers import random_regions
+from vtlm_fairseq.cli import features, prepare, toy_world
+
+COMMANDS = {"vtlm-toy-world": toy_world, "vtlm-prepare": prepare, "vtlm-features": features}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_help(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        COMMANDS[name].cli_main(["--help"])
+    assert e.value.code == 0
+    assert name in capsys.readouterr().out
+
+
+def test_console_entry_points_are_installed():
+    """setup.py's console scripts exist beside this Python (pip install -e .)."""
+    bin_dir = Path(sys.executable).parent
+    for name in COMMANDS:
+        exe = bin_dir / name
+        assert exe.exists(), f"{exe} missing: install the package with pip install -e ."
+    out = subprocess.run(
+        [str(bin_dir / "vtlm-features"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "import" in out and "validate" in out
+
+
+def test_toy_world_build_and_score(tmp_path, capsys):
+    toy_world.cli_main(
+        ["build", str(tmp_path / "w"), "--train-pairs", "60", "--valid-pairs", "10",
+         "--test-pairs", "10", "--num-regions", "8", "--feature-dim", "4"]
+    )  # fmt: skip
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["train"]["pairs"] == 60
+    ref = tmp_path / "w" / "raw" / "test.de"
+    toy_world.cli_main(["score", "--hyp", str(ref), "--annotations", str(tmp_path / "w" / "ambiguity" / "test.jsonl")])
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == 100.0 and result["ambiguous_words"] > 0
+
+
+def test_prepare_reports_bad_input_and_exits_1(tmp_path, caplog):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "train.en").write_text("a\nb\n")
+    (raw / "train.de").write_text("x\n")
+    with pytest.raises(SystemExit) as e:
+        prepare.cli_main([str(raw), str(tmp_path / "bin")])
+    assert e.value.code == 1
+    assert "train.en:2: line has no counterpart" in caplog.text
+
+
+def test_features_commands(tmp_path, capsys, caplog):
+    pk = tmp_path / "pk"
+    pk.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.jpg"):
+        reference_pickle(pk / f"{name}.pkl", random_regions(rng, 5, 8))
+    (pk / "broken.jpg.pkl").write_bytes(b"garbage")
+    order = tmp_path / "train.order"
+    order.write_text("a.jpg\nb.jpg\nc.jpg\n")
+    store = str(tmp_path / "s.h5")
+
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["import", str(pk), store, "--order", str(order)])
+    out = capsys.readouterr().out
+    assert e.value.code == 2  # an order-file image has no pickle
+    assert "imported 2 images" in out and "broken.jpg.pkl" in out and "train.order:3: c.jpg" in out
+
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["validate", store, "--order", str(order)])
+    out = capsys.readouterr().out
+    assert e.value.code == 2 and "train.order:3: image 'c.jpg' is not in" in out
+
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["inspect", store, "--image", "a.jpg"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and '"images": 2' in out and "a.jpg: 5 regions" in out
+
+    make_store(tmp_path / "other.h5", prefix="z", dim=8)
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["merge", str(tmp_path / "m.h5"), store, str(tmp_path / "other.h5")])
+    assert e.value.code == 1  # R differs (36 vs 6): refused with the reason
+    assert "R=6, D=8, classes=601 differ from" in caplog.text
+
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["export", store, str(tmp_path / "out"), "--image", "b.jpg"])
+    assert e.value.code == 0 and (tmp_path / "out" / "b.jpg.pkl").exists()
+
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["inspect", str(tmp_path / "nothing.h5")])
+    assert e.value.code == 1 and "nothing.h5: no such feature store" in caplog.text

@@ -1,0 +1,206 @@
+import os
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.data.store_helpers import random_regions
+from vtlm_fairseq.data.feature_store import (
+    FeatureStore,
+    FeatureStoreError,
+    FeatureStoreWriter,
+    merge_stores,
+)
+
+R, D = 6, 16
+
+
+def make_store(path, counts=(6, 3, 0, 6), dtype="float16", seed=0, prefix="img", dim=D):
+    rng = np.random.default_rng(seed)
+    written = {}
+    with FeatureStoreWriter(path, num_regions=R, feature_dim=dim, dtype=dtype) as w:
+        for i, n in enumerate(counts):
+            name = f"{prefix}{i}.jpg"
+            written[name] = random_regions(rng, n, dim)
+            w.add(name, written[name])
+    return written
+
+
+@pytest.mark.parametrize("dtype, atol", [("float16", 4e-3), ("float32", 0)])
+def test_round_trip_with_variable_region_counts(tmp_path, dtype, atol):
+    written = make_store(tmp_path / "s.h5", dtype=dtype)
+    store = FeatureStore(tmp_path / "s.h5")
+    assert len(store) == 4 and store.num_regions == R and store.feature_dim == D
+    assert str(store.dtype) == dtype
+    for name, regions in written.items():
+        got = store.read(name)
+        assert len(got) == len(regions)
+        np.testing.assert_allclose(got.features, regions.features, atol=atol, rtol=1e-3)
+        np.testing.assert_array_equal(got.boxes, regions.boxes)
+        np.testing.assert_array_equal(got.classes, regions.classes)
+        np.testing.assert_array_equal(got.scores, regions.scores)
+    summary = store.summary()
+    assert summary["regions_per_image"] == {"min": 0, "mean": 3.75, "max": 6}
+
+
+def test_float16_store_is_about_half_of_float32(tmp_path):
+    make_store(tmp_path / "a.h5", counts=(6,) * 100, dtype="float16", dim=1536)
+    make_store(tmp_path / "b.h5", counts=(6,) * 100, dtype="float32", dim=1536)
+    ratio = os.path.getsize(tmp_path / "a.h5") / os.path.getsize(tmp_path / "b.h5")
+    assert 0.45 < ratio < 0.65
+
+
+def test_features_are_chunked_per_image(tmp_path):
+    make_store(tmp_path / "s.h5")
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert f["features"].chunks == (1, R, D)
+
+
+def test_append_resumes_and_skips_present(tmp_path):
+    path = tmp_path / "s.h5"
+    make_store(path, counts=(6, 6))
+    extra = random_regions(np.random.default_rng(5), 4, D)
+    with FeatureStoreWriter(path, append=True) as w:
+        assert "img0.jpg" in w and len(w) == 2
+        w.add("new.jpg", extra)
+        with pytest.raises(FeatureStoreError, match="'img1.jpg' is already in the store"):
+            w.add("img1.jpg", extra)
+    store = FeatureStore(path)
+    assert store.names == ["img0.jpg", "img1.jpg", "new.jpg"]
+    np.testing.assert_array_equal(store.read("new.jpg").classes, extra.classes)
+
+
+def test_interrupted_writer_leaves_its_flushed_images(tmp_path, monkeypatch):
+    import vtlm_fairseq.data.feature_store as fs
+
+    monkeypatch.setattr(fs, "_FLUSH_EVERY", 2)
+    path = tmp_path / "s.h5"
+    rng = np.random.default_rng(0)
+    w = FeatureStoreWriter(path, num_regions=R, feature_dim=D)
+    for i in range(5):
+        w.add(f"i{i}", random_regions(rng, 3, D))
+    w._file.close()  # a crash: no close(), the fifth image was never flushed
+    store = FeatureStore(path)
+    assert store.names == ["i0", "i1", "i2", "i3"]
+    with FeatureStoreWriter(path, append=True) as w2:  # resume
+        w2.add("i4", random_regions(rng, 3, D))
+    assert FeatureStore(path).names == ["i0", "i1", "i2", "i3", "i4"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.features.__setitem__((1, 2), np.nan), "features contain NaN or inf"),
+        (lambda r: r.features.__setitem__((0, 0), np.inf), "features contain NaN or inf"),
+        (lambda r: r.scores.__setitem__(0, np.nan), "boxes or scores contain NaN"),
+        (lambda r: r.classes.__setitem__(0, 601), r"class id 601 outside \[0, 601\)"),
+        (lambda r: r.classes.__setitem__(0, -1), r"class id -1 outside"),
+        (lambda r: r.boxes.__setitem__((0, 2), 1.5), r"box coordinates outside \[0, 1\]"),
+        (lambda r: r.boxes.__setitem__((0, 2), 0.0), "a box has ymax < ymin"),
+    ],
+)
+def test_writer_rejects_bad_values_naming_the_image(tmp_path, change, message):
+    regions = random_regions(np.random.default_rng(0), 4, D)
+    regions.boxes[:, :2] = 0.2
+    change(regions)
+    with FeatureStoreWriter(tmp_path / "s.h5", num_regions=R, feature_dim=D) as w:
+        with pytest.raises(FeatureStoreError, match=r"s\.h5: image 'bad\.jpg': " + message):
+            w.add("bad.jpg", regions)
+
+
+def test_writer_rejects_bad_shapes(tmp_path):
+    rng = np.random.default_rng(0)
+    with FeatureStoreWriter(tmp_path / "s.h5", num_regions=R, feature_dim=D) as w:
+        with pytest.raises(FeatureStoreError, match="7 regions, the store holds at most 6"):
+            w.add("a", random_regions(rng, 7, D))
+        with pytest.raises(FeatureStoreError, match=r"features have shape \(3, 8\), expected \(3, 16\)"):
+            w.add("b", random_regions(rng, 3, 8))
+        with pytest.raises(FeatureStoreError, match="bad image name"):
+            w.add(" c ", random_regions(rng, 3, D))
+
+
+def corrupt(path, fn):
+    with h5py.File(path, "a") as f:
+        fn(f)
+
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (lambda f: f["features"].__setitem__((1, 0, 3), np.nan), r"image 'img1\.jpg': features contain NaN"),
+        (lambda f: f["classes"].__setitem__((3, 1), 700), r"image 'img3\.jpg': class id 700"),
+        (lambda f: f["boxes"].__setitem__((0, 0, 0), -0.5), r"image 'img0\.jpg': box coordinates"),
+        (lambda f: f["num_regions"].__setitem__(2, 9), r"image 'img2\.jpg': num_regions 9 outside"),
+        (lambda f: f["names"].__setitem__(3, "img0.jpg"), r"image 'img0\.jpg' is stored twice \(rows 0 and 3\)"),
+        (lambda f: f.attrs.__setitem__("format", "other"), "not a region-feature store"),
+        (lambda f: f.attrs.__setitem__("version", 99), "store format version 99"),
+        (lambda f: f["scores"].resize(3, axis=0), r"dataset 'scores' has shape \(3, 6\), expected \(4, 6\)"),
+        (lambda f: f.__delitem__("boxes"), r"missing datasets \['boxes'\]"),
+    ],
+)
+def test_open_validates_and_names_file_and_image(tmp_path, fn, message):
+    path = tmp_path / "s.h5"
+    make_store(path)
+    corrupt(path, fn)
+    with pytest.raises(FeatureStoreError, match=r"s\.h5: .*" + message):
+        FeatureStore(path)
+
+
+def test_quick_validation_checks_features_on_read(tmp_path):
+    path = tmp_path / "s.h5"
+    make_store(path)
+    corrupt(path, lambda f: f["features"].__setitem__((1, 0, 3), np.inf))
+    store = FeatureStore(path, validate="quick")  # as for stores above 2 GB
+    store.read("img0.jpg")
+    with pytest.raises(FeatureStoreError, match=r"image 'img1\.jpg': features contain NaN or inf"):
+        store.read("img1.jpg")
+
+
+def test_not_hdf5_and_missing(tmp_path):
+    (tmp_path / "x.h5").write_bytes(b"not hdf5")
+    with pytest.raises(FeatureStoreError, match="cannot be read as HDF5"):
+        FeatureStore(tmp_path / "x.h5")
+    with pytest.raises(FeatureStoreError, match="no such feature store"):
+        FeatureStore(tmp_path / "none.h5")
+
+
+def test_rows_for_order_file_policies(tmp_path):
+    make_store(tmp_path / "s.h5")
+    store = FeatureStore(tmp_path / "s.h5")
+    names = ["img1.jpg", "gone.jpg", "img0.jpg", "lost.jpg"]
+    with pytest.raises(
+        FeatureStoreError,
+        match=r"train\.order:2: image 'gone\.jpg' is not in .*s\.h5 \(1 more images missing\)",
+    ):
+        store.rows_for(names, "train.order")
+    rows, absent = store.rows_for(names, "train.order", missing="drop")
+    assert rows.tolist() == [1, -1, 0, -1]
+    assert absent == [(2, "gone.jpg"), (4, "lost.jpg")]
+
+
+def test_lazy_handle_per_process_and_pickling(tmp_path):
+    make_store(tmp_path / "s.h5")
+    store = FeatureStore(tmp_path / "s.h5")
+    assert store._file is None  # nothing held open after validation
+    store.read("img0.jpg")
+    assert store._file is not None
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone._file is None
+    np.testing.assert_array_equal(clone.read("img3.jpg").classes, store.read("img3.jpg").classes)
+    store._pid = -1  # as seen from a forked child: the inherited handle is not reused
+    old = store._file
+    store.read("img0.jpg")
+    assert store._file is not old
+
+
+def test_merge_shards(tmp_path):
+    a = make_store(tmp_path / "a.h5", counts=(6, 2), seed=1, prefix="a")
+    b = make_store(tmp_path / "b.h5", counts=(1,), seed=2, prefix="b")
+    assert merge_stores([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "m.h5") == 3
+    merged = FeatureStore(tmp_path / "m.h5")
+    assert merged.names == ["a0.jpg", "a1.jpg", "b0.jpg"]
+    for name, regions in {**a, **b}.items():
+        np.testing.assert_array_equal(merged.read(name).classes, regions.classes)
+    with pytest.raises(FeatureStoreError, match="'a0.jpg' is also in an earlier input"):
+        merge_stores([tmp_path / "a.h5", tmp_path / "a.h5"], tmp_path / "m2.h5")

@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from tests.data.test_feature_store import make_store
+from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreError
+from vtlm_fairseq.data.region_dataset import RegionFeatureDataset
+
+
+@pytest.fixture
+def store(tmp_path):
+    written = make_store(tmp_path / "s.h5", counts=(6, 3, 0, 6, 2, 5, 1, 4))
+    return FeatureStore(tmp_path / "s.h5"), written
+
+
+def test_items_follow_the_order_file(tmp_path, store):
+    store, written = store
+    order = tmp_path / "train.order"
+    order.write_text("img3.jpg\nimg1.jpg\nimg1.jpg\nimg2.jpg\n")
+    ds = RegionFeatureDataset.from_order_file(store, order)
+    assert len(ds) == 4
+    item = ds[1]
+    assert item["features"].shape == (6, 16) and item["features"].dtype == torch.float32
+    assert item["mask"].tolist() == [True] * 3 + [False] * 3
+    np.testing.assert_array_equal(item["classes"][:3].numpy(), written["img1.jpg"].classes)
+    assert (item["features"][3:] == 0).all() and (item["boxes"][3:] == 0).all()
+    assert not ds[3]["mask"].any()  # an image without detections
+
+
+def test_collater_trims_to_the_widest_image(tmp_path, store):
+    store, _ = store
+    ds = RegionFeatureDataset(store, ["img1.jpg", "img4.jpg"])
+    batch = ds.collater([ds[0], ds[1]])
+    assert batch["features"].shape == (2, 3, 16)
+    assert batch["mask"].tolist() == [[True] * 3, [True, True, False]]
+
+
+def test_missing_images_fail_or_drop(tmp_path, store):
+    store, _ = store
+    order = tmp_path / "valid.order"
+    order.write_text("img0.jpg\nmissing.jpg\nimg2.jpg\n")
+    with pytest.raises(FeatureStoreError, match=r"valid\.order:2: image 'missing\.jpg'"):
+        RegionFeatureDataset.from_order_file(store, order)
+    ds = RegionFeatureDataset.from_order_file(store, order, missing="drop")
+    assert ds.kept_indices.tolist() == [0, 2] and ds.num_dropped == 1
+    with pytest.raises(IndexError, match="sentence pair 1 has no image"):
+        ds[1]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_reads_in_dataloader_workers_match_the_main_process(store, context):
+    store, _ = store
+    names = [f"img{i % 8}.jpg" for i in range(40)]
+    ds = RegionFeatureDataset(store, names)
+    ds[0]  # the main process holds a handle before the workers start
+    expected = [ds[i] for i in range(len(ds))]
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=context
+    )
+    got = list(loader)
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        for key in a:
+            assert torch.equal(a[key], b[key])
