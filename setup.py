@@ -32,6 +32,7 @@ setup(
             "vtlm-toy-world=vtlm_fairseq.cli.toy_world:cli_main",
             "vtlm-prepare=vtlm_fairseq.cli.prepare:cli_main",
             "vtlm-features=vtlm_fairseq.cli.features:cli_main",
+            "vtlm-probe=vtlm_fairseq.cli.probe:cli_main",
         ],
     },
 )

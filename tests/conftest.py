@@ -16,3 +16,40 @@ def shared_path(*parts) -> Path:
             f"sit beside the repository as ../shared (or set VTLM_SHARED)"
         )
     return path
+
+
+TINY_WORLD = dict(
+    train_pairs=240, valid_pairs=37, test_pairs=21, num_regions=8, feature_dim=16,
+    captions_per_image=4, eval_captions_per_image=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory):
+    """A tiny toy world, prepared as a data-bin: (data-bin, feature store, world)."""
+    from vtlm_fairseq.data.preparation import PrepareConfig, prepare
+    from vtlm_fairseq.toy_world import ToyWorldConfig, build_toy_world
+
+    root = tmp_path_factory.mktemp("toy_data")
+    build_toy_world(root / "world", ToyWorldConfig(**TINY_WORLD))
+    prepare(
+        PrepareConfig(
+            raw_dir=str(root / "world" / "raw"),
+            dest_dir=str(root / "bin"),
+            image_splits_dir=str(root / "world" / "image_splits"),
+            bpe_merges=300,
+            workers=1,
+        )
+    )
+    return root / "bin", root / "world" / "features.h5", root / "world"
+
+
+def setup_fairseq(argv):
+    """(cfg, task) exactly as fairseq-train builds them from a command line."""
+    from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, ["--user-dir", str(REPO / "vtlm_fairseq")] + argv)
+    cfg = convert_namespace_to_omegaconf(args)
+    return cfg, tasks.setup_task(cfg.task)

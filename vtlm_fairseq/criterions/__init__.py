@@ -1,1 +1,3 @@
-"""Registered with fairseq on import of vtlm_fairseq."""
+"""fairseq criteria of the plugin."""
+
+from . import vtlm_loss  # noqa: F401

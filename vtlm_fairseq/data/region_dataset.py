@@ -53,6 +53,22 @@ class RegionFeatureDataset(FairseqDataset):
     def from_order_file(cls, store: FeatureStore, order_path, missing: str = "fail"):
         return cls(store, read_order_file(order_path), str(order_path), missing)
 
+    def reorder_images(self, mode: str, seed: int = 1) -> None:
+        """Incongruent images for controls and probes: 'shuffled' gives each
+        sentence pair another pair's image (a seeded permutation), 'reversed'
+        the image of the pair at the mirrored position; 'aligned' keeps them.
+        Pairs without an image stay without one."""
+        kept = self.kept_indices
+        if mode == "aligned":
+            return
+        if mode == "shuffled":
+            permuted = np.random.default_rng(seed).permutation(len(kept))
+        elif mode == "reversed":
+            permuted = np.arange(len(kept))[::-1]
+        else:
+            raise ValueError(f"image order must be aligned, shuffled or reversed: {mode}")
+        self.rows[kept] = self.rows[kept][permuted]
+
     def __len__(self):
         return len(self.rows)
 

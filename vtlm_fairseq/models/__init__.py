@@ -1,1 +1,3 @@
-"""Registered with fairseq on import of vtlm_fairseq."""
+"""fairseq models of the plugin."""
+
+from . import vtlm  # noqa: F401

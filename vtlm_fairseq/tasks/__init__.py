@@ -1,1 +1,3 @@
-"""Registered with fairseq on import of vtlm_fairseq."""
+"""fairseq tasks of the plugin."""
+
+from . import translation_lm, visual_translation_lm  # noqa: F401

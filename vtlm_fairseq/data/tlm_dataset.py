@@ -1,0 +1,203 @@
+"""The (V)TLM training example: ``[</s> src </s>][</s> tgt </s>]`` with
+language ids per token and positions restarting at the second sentence,
+masked text, and (for VTLM) the image's regions with region masking."""
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+from fairseq.data import FairseqDataset, data_utils
+
+from .batching import KeepAllBatchesMixin
+from .masking import KEEP, MASK, NOT_SELECTED, RANDOM, categories, check_probs, mask_text, select, swap_sources
+from .region_dataset import RegionFeatureDataset
+
+
+@dataclass
+class MaskingSettings:
+    text_prob: float = 0.15
+    text_probs: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    region_prob: float = 0.15
+    region_probs: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    # "mask": a masked region's feature is zeroed and its projection replaced
+    # by the [MASK] token embedding; "zero": the feature is only zeroed
+    region_mask_type: str = "mask"
+
+    def __post_init__(self):
+        self.text_probs = check_probs(self.text_probs, "text mask probabilities")
+        self.region_probs = check_probs(self.region_probs, "region mask probabilities")
+        if self.region_mask_type not in ("mask", "zero"):
+            raise ValueError(f"region mask type must be 'mask' or 'zero': {self.region_mask_type}")
+
+
+class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
+    """Item i is sentence pair ``pair_indices[i]`` of ``src``/``tgt`` (all
+    pairs by default), masked with a generator seeded by (seed, epoch, pair),
+    so masks are reproducible on resume and differ between epochs.
+    ``deterministic`` fixes the seed across epochs (validation)."""
+
+    def __init__(
+        self,
+        src,
+        tgt,
+        dictionary,
+        lang_ids,  # (src, tgt, img) language ids
+        masking: MaskingSettings,
+        mask_idx: int,
+        regions: Optional[RegionFeatureDataset] = None,
+        pair_indices: Optional[np.ndarray] = None,
+        seed: int = 1,
+        shuffle: bool = True,
+        deterministic: bool = False,
+    ):
+        super().__init__()
+        if len(src) != len(tgt):
+            raise ValueError(f"source has {len(src)} sentences, target {len(tgt)}")
+        if regions is not None and len(regions) != len(src):
+            raise ValueError(f"{len(regions)} images for {len(src)} sentence pairs")
+        self.src, self.tgt, self.regions = src, tgt, regions
+        self.dictionary = dictionary
+        self.pad, self.eos = dictionary.pad(), dictionary.eos()
+        self.src_lang, self.tgt_lang, self.img_lang = lang_ids
+        self.masking = masking
+        self.mask_idx = mask_idx
+        self.pair_indices = (
+            np.arange(len(src), dtype=np.int64) if pair_indices is None else np.asarray(pair_indices)
+        )
+        self.seed, self.shuffle, self.deterministic = seed, shuffle, deterministic
+        # Masks depend on the epoch. DataLoader workers outlive an epoch
+        # (fairseq reuses them), so they read the epoch from shared memory.
+        self._epoch = torch.ones(1, dtype=torch.long).share_memory_()
+        # RANDOM tokens: real words only (no specials, [MASK] or padding symbols)
+        counts = np.asarray(dictionary.count)
+        vocab = np.arange(len(dictionary))
+        self.random_vocab = vocab[(vocab >= dictionary.nspecial) & (counts > 0) & (vocab != mask_idx)]
+        src_sizes = np.asarray(src.sizes, dtype=np.int64)[self.pair_indices]
+        tgt_sizes = np.asarray(tgt.sizes, dtype=np.int64)[self.pair_indices]
+        self.half_sizes = np.maximum(src_sizes, tgt_sizes) + 1
+        self.sizes = src_sizes + tgt_sizes + 2 + (regions.store.num_regions if regions else 0)
+
+    # -- fairseq dataset protocol --
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch):
+        self._epoch[0] = epoch
+
+    def __len__(self):
+        return len(self.pair_indices)
+
+    def num_tokens(self, index):
+        return int(self.sizes[index])
+
+    def num_tokens_vec(self, indices):
+        return self.sizes[indices]
+
+    def size(self, index):
+        return int(self.sizes[index])
+
+    def ordered_indices(self):
+        order = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
+        return order[np.argsort(self.sizes[order], kind="mergesort")]
+
+    def filter_indices_by_size(self, indices, max_sizes):
+        """Each half must fit the position table (positions restart per half)."""
+        if max_sizes is None:
+            return indices, []
+        limit = max_sizes if isinstance(max_sizes, int) else min(max_sizes)
+        keep = self.half_sizes[indices] <= limit
+        return indices[keep], indices[~keep].tolist()
+
+    @property
+    def supports_prefetch(self):
+        return False
+
+    def _rng(self, pair):
+        epoch = 0 if self.deterministic else self.epoch
+        return np.random.default_rng([self.seed, epoch, int(pair)])
+
+    def __getitem__(self, index):
+        pair = int(self.pair_indices[index])
+        src, tgt = self.src[pair].numpy(), self.tgt[pair].numpy()
+        tokens = np.concatenate([[self.eos], src, [self.eos], tgt]).astype(np.int64)
+        n_src = len(src) + 1
+        langs = np.full(len(tokens), self.tgt_lang, dtype=np.int64)
+        langs[:n_src] = self.src_lang
+        positions = np.concatenate([np.arange(n_src), np.arange(len(tokens) - n_src)])
+        eligible = np.ones(len(tokens), dtype=bool)
+        eligible[0] = False  # never the first </s>
+        rng = self._rng(pair)
+        source, cat = mask_text(
+            rng, tokens, eligible, self.masking.text_prob, self.masking.text_probs,
+            self.mask_idx, self.random_vocab,
+        )  # fmt: skip
+        target = np.where(cat != NOT_SELECTED, tokens, self.pad)
+        item = {
+            "id": index,
+            "source": torch.from_numpy(source),
+            "target": torch.from_numpy(target),
+            "langs": torch.from_numpy(langs),
+            "positions": torch.from_numpy(positions),
+        }
+        if self.regions is not None:
+            regions = self.regions[pair]
+            real = regions["mask"].numpy()
+            chosen = select(rng, real, self.masking.region_prob)
+            item["regions"] = regions
+            item["region_category"] = torch.from_numpy(categories(rng, chosen, self.masking.region_probs))
+        return item
+
+    def collater(self, samples):
+        if not samples:
+            return {}
+        pad = self.pad
+        ids = torch.LongTensor([s["id"] for s in samples])
+        source = data_utils.collate_tokens([s["source"] for s in samples], pad)
+        batch = {
+            "id": ids,
+            "nsentences": len(samples),
+            "net_input": {
+                "src_tokens": source,
+                "src_lengths": torch.LongTensor([len(s["source"]) for s in samples]),
+                "src_langs": data_utils.collate_tokens([s["langs"] for s in samples], 0),
+                "src_positions": data_utils.collate_tokens([s["positions"] for s in samples], 0),
+            },
+            "target": data_utils.collate_tokens([s["target"] for s in samples], pad),
+        }
+        batch["ntokens"] = int(source.ne(pad).sum())
+        if self.regions is not None:
+            batch["net_input"].update(self._collate_regions(samples, ids))
+            batch["region_target"] = batch["net_input"].pop("_region_target")
+        return batch
+
+    def _collate_regions(self, samples, ids):
+        regions = self.regions.collater([s["regions"] for s in samples])
+        width = regions["mask"].shape[1]
+        category = torch.stack([s["region_category"][:width] for s in samples])
+        features = regions["features"].clone()
+        cat = category.numpy()
+        # RANDOM regions take the feature of a random real region of the batch,
+        # drawn from a generator seeded by the batch's first pair
+        epoch = 0 if self.deterministic else self.epoch
+        rng = np.random.default_rng([self.seed, epoch, int(self.pair_indices[int(ids[0])]), 1])
+        sources = torch.from_numpy(swap_sources(rng, cat, regions["mask"].numpy()))
+        swap = sources >= 0
+        if swap.any():
+            flat = regions["features"].reshape(-1, features.shape[-1])
+            features[swap] = flat[sources[swap]]
+        masked = category == MASK
+        features[masked] = 0.0
+        target = torch.where(category != NOT_SELECTED, regions["classes"], -1)
+        return {
+            "region_features": features,
+            "region_boxes": regions["boxes"],  # boxes are never masked
+            "region_mask": regions["mask"],
+            # projection replaced by the [MASK] embedding (mask type "mask")
+            "region_masked_input": masked if self.masking.region_mask_type == "mask" else torch.zeros_like(masked),
+            "_region_target": target,
+        }
+
+
+__all__ = ["TLMDataset", "MaskingSettings", "MASK", "KEEP", "RANDOM"]

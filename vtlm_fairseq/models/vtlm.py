@@ -1,0 +1,181 @@
+"""The (V)TLM encoder: fairseq Transformer encoder layers (post-LN, GELU)
+over ``[regions][text]``, with a tied masked-LM head and a masked-region
+classification (MRC) head over the detector's classes."""
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import (
+    FairseqEncoder,
+    FairseqEncoderModel,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.models.transformer import TransformerConfig
+from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
+from fairseq.utils import safe_getattr
+
+from ..modules.embeddings import RegionEmbedding, TextEmbedding, init_embedding
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VTLMConfig(FairseqDataclass):
+    encoder_layers: int = field(default=6, metadata={"help": "Transformer layers"})
+    encoder_embed_dim: int = field(default=512, metadata={"help": "model dimension"})
+    encoder_ffn_embed_dim: int = field(default=2048, metadata={"help": "FFN dimension"})
+    encoder_attention_heads: int = field(default=8, metadata={"help": "attention heads"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout"})
+    attention_dropout: float = field(default=0.1, metadata={"help": "attention weight dropout"})
+    activation_dropout: float = field(default=0.0, metadata={"help": "dropout after the FFN activation"})
+    max_positions: int = field(default=512, metadata={"help": "rows of the position table (per sentence)"})
+    layer_norm_eps: float = field(default=1e-12, metadata={"help": "LayerNorm epsilon (XLM: 1e-12)"})
+    region_dropout: float = field(default=0.1, metadata={"help": "dropout on region embeddings"})
+    region_layer_norm: bool = field(default=False, metadata={"help": "LayerNorm on region embeddings"})
+    no_region_box_bias: bool = field(
+        default=False, metadata={"help": "no bias in the box projection (the reference's --reg_enc_bias false)"}
+    )
+    num_region_classes: int = field(default=601, metadata={"help": "detector classes (MRC targets)"})
+
+
+class VTLMEncoder(FairseqEncoder):
+    def __init__(self, cfg: VTLMConfig, dictionary, num_langs: int, img_lang: int, mask_idx: int, feature_dim: int):
+        super().__init__(dictionary)
+        dim = cfg.encoder_embed_dim
+        self.padding_idx = dictionary.pad()
+        self.mask_idx = mask_idx
+        self.max_positions_ = cfg.max_positions
+        self.embed_tokens = nn.Embedding(len(dictionary), dim, self.padding_idx)
+        init_embedding(self.embed_tokens, dim, self.padding_idx)
+        self.embed_langs = nn.Embedding(num_langs, dim)
+        init_embedding(self.embed_langs, dim)
+        self.text_embedding = TextEmbedding(
+            self.embed_tokens, self.embed_langs, cfg.max_positions, cfg.dropout, cfg.layer_norm_eps
+        )
+        # TLM (no feature store) builds no region layers: no dead parameters
+        self.region_embedding = None
+        self.region_classifier = None
+        if feature_dim is not None:
+            self.region_embedding = RegionEmbedding(
+                feature_dim, dim, self.embed_langs, img_lang, cfg.region_dropout,
+                layer_norm=cfg.region_layer_norm, box_bias=not cfg.no_region_box_bias,
+                layer_norm_eps=cfg.layer_norm_eps,
+            )  # fmt: skip
+            self.region_classifier = nn.Linear(dim, cfg.num_region_classes)
+        self.layers = nn.ModuleList(
+            [TransformerEncoderLayerBase(layer_config(cfg)) for _ in range(cfg.encoder_layers)]
+        )
+        for layer in self.layers:  # fairseq's layers use 1e-5; XLM uses 1e-12
+            layer.self_attn_layer_norm.eps = cfg.layer_norm_eps
+            layer.final_layer_norm.eps = cfg.layer_norm_eps
+        self.lm_bias = nn.Parameter(torch.zeros(len(dictionary)))
+
+    def forward(
+        self,
+        src_tokens,
+        src_langs,
+        src_positions,
+        region_features=None,
+        region_boxes=None,
+        region_mask=None,
+        region_masked_input=None,
+        **unused,
+    ):
+        """Returns the final states (B, R + T, C) and the padding mask (B, R + T),
+        regions first; with no regions R = 0."""
+        x = self.text_embedding(src_tokens, src_langs, src_positions)
+        padding = src_tokens.eq(self.padding_idx)
+        if region_features is not None:
+            if self.region_embedding is None:
+                raise ValueError("this model was built without region layers (TLM): it takes no regions")
+            regions = self.region_embedding(
+                region_features, region_boxes, region_masked_input, self.embed_tokens.weight[self.mask_idx]
+            )
+            x = torch.cat([regions, x], dim=1)
+            padding = torch.cat([~region_mask, padding], dim=1)
+        x = x.transpose(0, 1)
+        has_padding = padding.any()
+        for layer in self.layers:
+            x = layer(x, encoder_padding_mask=padding if has_padding else None)
+        return {"states": x.transpose(0, 1), "padding_mask": padding}
+
+    def lm_logits(self, states):
+        """Tied output projection: embedding matrix plus a bias."""
+        return F.linear(states, self.embed_tokens.weight, self.lm_bias)
+
+    def max_positions(self):
+        return self.max_positions_
+
+
+def layer_config(cfg: VTLMConfig) -> TransformerConfig:
+    tc = TransformerConfig()
+    tc.encoder.embed_dim = cfg.encoder_embed_dim
+    tc.encoder.ffn_embed_dim = cfg.encoder_ffn_embed_dim
+    tc.encoder.attention_heads = cfg.encoder_attention_heads
+    tc.encoder.normalize_before = False  # post-LN, as the paper
+    tc.dropout = cfg.dropout
+    tc.attention_dropout = cfg.attention_dropout
+    tc.activation_dropout = cfg.activation_dropout
+    tc.activation_fn = "gelu"
+    return tc
+
+
+@register_model("vtlm", dataclass=VTLMConfig)
+class VTLMModel(FairseqEncoderModel):
+    """TLM when called without regions, VTLM with them."""
+
+    def __init__(self, cfg: VTLMConfig, encoder: VTLMEncoder):
+        super().__init__(encoder)
+        self.cfg = cfg
+
+    @classmethod
+    def build_model(cls, cfg: VTLMConfig, task):
+        encoder = VTLMEncoder(
+            cfg,
+            task.dictionary,
+            num_langs=len(task.lang_ids),
+            img_lang=task.lang_ids["img"],
+            mask_idx=task.mask_idx,
+            feature_dim=task.region_feature_dim,
+        )
+        return cls(cfg, encoder)
+
+    def forward(self, src_tokens, src_langs, src_positions, masked_tokens=None, masked_regions=None, **kwargs):
+        """Masked-LM logits at ``masked_tokens`` (B, T) and region-class logits
+        at ``masked_regions`` (B, R), each flattened in (batch, position) order."""
+        out = self.encoder(src_tokens, src_langs, src_positions, **kwargs)
+        states = out["states"]
+        n_regions = states.shape[1] - src_tokens.shape[1]
+        text = states[:, n_regions:]
+        lm_logits = self.encoder.lm_logits(text[masked_tokens] if masked_tokens is not None else text)
+        region_logits = None
+        if n_regions and masked_regions is not None:
+            region_logits = self.encoder.region_classifier(states[:, :n_regions][masked_regions])
+        return lm_logits, region_logits, out
+
+    def max_positions(self):
+        return self.encoder.max_positions()
+
+
+@register_model_architecture("vtlm", "vtlm_base")
+def vtlm_base(args):
+    """The paper's encoder: 6 layers, 512 dims, 8 heads, FFN 2048."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 6)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 512)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 2048)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 8)
+
+
+@register_model_architecture("vtlm", "vtlm_tiny")
+def vtlm_tiny(args):
+    """Trains in minutes on 2 CPU cores (the toy world)."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 2)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 128)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 512)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 4)
+    vtlm_base(args)

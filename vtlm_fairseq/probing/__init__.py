@@ -1,0 +1,1 @@
+"""Probes of pre-trained and fine-tuned models."""

@@ -1,0 +1,155 @@
+"""Masked-word probes of a pre-trained (V)TLM: mask chosen words (all their
+BPE pieces) of the source and/or target half and measure how often the model
+restores them, with the correct or with incongruent images."""
+
+import logging
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from fairseq import checkpoint_utils
+from fairseq.data import BaseWrapperDataset, data_utils
+
+from ..data.tokenization import strip_accents
+
+logger = logging.getLogger(__name__)
+
+# (dataset index) -> list of (half, first token, end token) spans; half 0 = source
+Spans = Dict[int, List[Tuple[int, int, int]]]
+
+
+def word_spans(dictionary, tokens: Sequence[int], bpe_separator: str = "@@") -> List[Tuple[str, int, int]]:
+    """Words of a binarised sentence as (normalised word, start, end) over
+    token positions; BPE pieces ending in ``@@`` join the next piece."""
+    spans, start, pieces = [], 0, []
+    for i, tok in enumerate(tokens):
+        if tok == dictionary.eos():
+            break
+        piece = dictionary[tok]
+        if piece.endswith(bpe_separator):
+            pieces.append(piece[: -len(bpe_separator)])
+            continue
+        pieces.append(piece)
+        spans.append((normalise("".join(pieces)), start, i + 1))
+        pieces, start = [], i + 1
+    return spans
+
+
+def normalise(word: str) -> str:
+    return strip_accents(word.lower())
+
+
+class SpanMaskedDataset(BaseWrapperDataset):
+    """A TLMDataset built without random masking, with given spans masked by
+    [MASK]; ``span_ids`` marks each masked position with its span number."""
+
+    def __init__(self, dataset, spans: Spans):
+        super().__init__(dataset)
+        self.spans = spans
+        self.span_info = []  # span number -> (dataset index, half)
+        self._first_span = {}
+        for index in sorted(spans):
+            self._first_span[index] = len(self.span_info)
+            self.span_info += [(index, half) for half, _, _ in spans[index]]
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        source, target = item["source"].clone(), torch.full_like(item["source"], self.dataset.pad)
+        span_ids = torch.full_like(source, -1)
+        n_src = int((item["langs"] == self.dataset.src_lang).sum())
+        for k, (half, start, end) in enumerate(self.spans.get(index, [])):
+            offset = 1 if half == 0 else n_src + 1  # after the leading </s> of the half
+            lo, hi = offset + start, offset + end
+            target[lo:hi] = source[lo:hi]
+            source[lo:hi] = self.dataset.mask_idx
+            span_ids[lo:hi] = self._first_span[index] + k
+        item.update(source=source, target=target, span_ids=span_ids)
+        return item
+
+    def collater(self, samples):
+        batch = self.dataset.collater(samples)
+        if samples:
+            batch["span_ids"] = data_utils.collate_tokens([s["span_ids"] for s in samples], -1)
+        return batch
+
+
+def load_pretrained(checkpoint: str, overrides: Optional[dict] = None):
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [checkpoint], arg_overrides=overrides or {}
+    )
+    model = models[0].eval()
+    return model, task
+
+
+@torch.no_grad()
+def restore_spans(model, task, dataset: SpanMaskedDataset, batch_size: int = 64) -> np.ndarray:
+    """For every span, whether all its pieces were predicted exactly."""
+    correct = np.ones(len(dataset.span_info), dtype=bool)
+    itr = task.get_batch_iterator(
+        dataset, max_sentences=batch_size, required_batch_size_multiple=8, seed=1
+    ).next_epoch_itr(shuffle=False)
+    seen = np.zeros(len(dataset.span_info), dtype=bool)
+    for batch in itr:
+        masked = batch["target"].ne(dataset.dataset.pad)
+        lm_logits, _, _ = model(**batch["net_input"], masked_tokens=masked)
+        right = (lm_logits.argmax(-1) == batch["target"][masked]).numpy()
+        ids = batch["span_ids"][masked].numpy()
+        np.logical_and.at(correct, ids, right)
+        seen[ids] = True
+    if not seen.all():
+        raise RuntimeError(f"{int((~seen).sum())} masked spans were never scored")
+    return correct
+
+
+def ambiguous_word_spans(task, dataset, annotations: Sequence[List[dict]], halves: Sequence[int]) -> Spans:
+    """Spans of the toy world's ambiguous words: the English noun (half 0)
+    and/or its German translation (half 1), per dataset index."""
+    spans: Spans = {}
+    for index in range(len(dataset)):
+        pair = int(dataset.pair_indices[index])
+        words = {0: word_spans(task.dictionary, dataset.src[pair].tolist()),
+                 1: word_spans(task.dictionary, dataset.tgt[pair].tolist())}  # fmt: skip
+        chosen = []
+        for item in annotations[pair]:
+            for half in halves:
+                wanted = normalise(item["en"] if half == 0 else item["de"])
+                match = [(s, e) for w, s, e in words[half] if w == wanted]
+                if len(match) != 1:
+                    raise ValueError(f"pair {pair}: '{wanted}' found {len(match)} times in half {half}")
+                chosen.append((half, *match[0]))
+        if chosen:
+            spans[index] = chosen
+    return spans
+
+
+CONDITIONS = {"en": (0,), "de": (1,), "both": (0, 1)}
+
+
+def probe_ambiguous_words(
+    model, task, split: str, annotations, conditions=("en", "de", "both"),
+    image_orders=("aligned", "shuffled"), seeds=(1,),
+) -> List[dict]:  # fmt: skip
+    """Accuracy of restoring the toy world's masked ambiguous words: the
+    English noun ('en'), its German translation ('de', where the image alone
+    decides the sense), or both at once, per image order."""
+    rows = []
+    for order in image_orders:
+        for seed in seeds if order == "shuffled" else seeds[:1]:
+            task.cfg.image_order, task.cfg.image_order_seed = order, seed
+            task.cfg.mask_prob = 0.0
+            if hasattr(task.cfg, "valid_region_mask_prob"):
+                task.cfg.valid_region_mask_prob = 0.0
+            task.load_dataset(split)
+            base = task.dataset(split)
+            for condition in conditions:
+                spans = ambiguous_word_spans(task, base, annotations, halves=CONDITIONS[condition])
+                dataset = SpanMaskedDataset(base, spans)
+                correct = restore_spans(model, task, dataset)
+                halves = np.array([half for _, half in dataset.span_info])
+                row = {"images": order, "seed": seed if order == "shuffled" else None, "masked": condition}
+                for half, name in ((0, "en"), (1, "de")):
+                    if (halves == half).any():
+                        row[f"{name}_acc"] = round(100.0 * float(correct[halves == half].mean()), 2)
+                        row[f"{name}_words"] = int((halves == half).sum())
+                rows.append(row)
+    return rows

@@ -1,0 +1,139 @@
+"""Task ``translation_lm`` (alias ``tlm``): masked LM over concatenated
+sentence pairs of a joined-dictionary translation data-bin."""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List
+
+from fairseq import utils
+from fairseq.data import Dictionary, data_utils
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II, MISSING
+
+from ..data.tlm_dataset import MaskingSettings, TLMDataset
+
+logger = logging.getLogger(__name__)
+
+IMG_LANG = "img"
+
+
+@dataclass
+class TranslationLMConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "data-bin folder(s), colon-separated (one per epoch)"})
+    source_lang: str = field(default="en", metadata={"help": "first sentence of each pair"})
+    target_lang: str = field(default="de", metadata={"help": "second sentence of each pair"})
+    mask_prob: float = field(default=0.15, metadata={"help": "share of text tokens to predict"})
+    mask_probs: List[float] = field(
+        default_factory=lambda: [0.8, 0.1, 0.1],
+        metadata={"help": "of the predicted tokens: [MASK], kept, random token"},
+    )
+    max_positions: int = field(default=512, metadata={"help": "longest sentence (+1), per half of a pair"})
+    train_subset: str = II("dataset.train_subset")
+    seed: int = II("common.seed")
+
+
+class TranslationLMTaskBase(FairseqTask):
+    """Shared by ``translation_lm`` and ``visual_translation_lm``."""
+
+    cfg: TranslationLMConfig
+
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg)
+        self.dictionary = dictionary
+        self.mask_idx = dictionary.add_symbol("<mask>")
+        # de=0, en=1, img=2 for en-de, as the reference (sorted language names)
+        langs = sorted({cfg.source_lang, cfg.target_lang})
+        self.lang_ids = {lang: i for i, lang in enumerate(langs)}
+        self.lang_ids[IMG_LANG] = len(langs)
+
+    @classmethod
+    def setup_task(cls, cfg, **kwargs):
+        paths = utils.split_paths(cfg.data)
+        if not paths:
+            raise ValueError("--data is empty")
+        dict_path = os.path.join(paths[0], f"dict.{cfg.source_lang}.txt")
+        if not os.path.isfile(dict_path):
+            raise FileNotFoundError(f"{dict_path}: no dictionary (prepare the data with vtlm-prepare)")
+        dictionary = Dictionary.load(dict_path)
+        other = os.path.join(paths[0], f"dict.{cfg.target_lang}.txt")
+        if os.path.isfile(other) and Dictionary.load(other).symbols != dictionary.symbols:
+            raise ValueError(f"{dict_path} and {other} differ: (V)TLM needs a joined dictionary")
+        logger.info("dictionary: %d types (with <mask>)", len(dictionary) + 1)
+        return cls(cfg, dictionary)
+
+    @property
+    def source_dictionary(self):
+        return self.dictionary
+
+    @property
+    def target_dictionary(self):
+        return self.dictionary
+
+    def max_positions(self):
+        return self.cfg.max_positions
+
+    region_feature_dim = None  # no regions: the model builds no region layers
+
+    def load_text(self, split, epoch):
+        paths = utils.split_paths(self.cfg.data)
+        data_path = paths[(epoch - 1) % len(paths)]
+        src, tgt = self.cfg.source_lang, self.cfg.target_lang
+        texts = {}
+        for lang in (src, tgt):
+            candidates = [os.path.join(data_path, f"{split}.{a}-{b}.{lang}") for a, b in ((src, tgt), (tgt, src))]
+            for prefix in candidates:
+                if os.path.exists(prefix + ".idx"):
+                    texts[lang] = data_utils.load_indexed_dataset(prefix, self.dictionary)
+                    break
+            else:
+                raise FileNotFoundError(f"{candidates[0]}.{{bin,idx}}: split '{split}' not found in {data_path}")
+        return data_path, texts[src], texts[tgt]
+
+    def masking_settings(self, training: bool) -> MaskingSettings:
+        return MaskingSettings(
+            text_prob=self.cfg.mask_prob,
+            # validation: a fixed seed and [MASK] only, as the reference
+            text_probs=self.cfg.mask_probs if training else [1.0, 0.0, 0.0],
+            region_prob=0.0,
+        )
+
+    def load_regions(self, split, data_path, num_pairs):
+        """(RegionFeatureDataset, pair indices to keep) or (None, None)."""
+        return None, None
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        data_path, src, tgt = self.load_text(split, epoch)
+        regions, pair_indices = self.load_regions(split, data_path, len(src))
+        training = split == self.cfg.train_subset
+        self.datasets[split] = TLMDataset(
+            src,
+            tgt,
+            self.dictionary,
+            (self.lang_ids[self.cfg.source_lang], self.lang_ids[self.cfg.target_lang], self.lang_ids[IMG_LANG]),
+            self.masking_settings(training),
+            self.mask_idx,
+            regions=regions,
+            pair_indices=pair_indices,
+            seed=self.cfg.seed,
+            shuffle=training,
+            deterministic=not training,
+        )
+        logger.info(
+            "%s %s: %d sentence pairs%s",
+            data_path,
+            split,
+            len(self.datasets[split]),
+            " with images" if regions is not None else "",
+        )
+
+
+@register_task("translation_lm", dataclass=TranslationLMConfig)
+class TranslationLMTask(TranslationLMTaskBase):
+    pass
+
+
+@register_task("tlm", dataclass=TranslationLMConfig)
+class TLMTask(TranslationLMTaskBase):
+    """Alias of ``translation_lm``."""

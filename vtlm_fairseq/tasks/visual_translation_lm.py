@@ -1,0 +1,103 @@
+"""Task ``visual_translation_lm`` (alias ``visual_tlm``): TLM plus the image's
+regions, prepended to the pair, with masked region classification."""
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from fairseq.dataclass import ChoiceEnum
+from fairseq.tasks import register_task
+
+from ..data.feature_store import FeatureStore
+from ..data.region_dataset import RegionFeatureDataset
+from ..data.tlm_dataset import MaskingSettings
+from .translation_lm import TranslationLMConfig, TranslationLMTaskBase
+
+logger = logging.getLogger(__name__)
+
+IMAGE_ORDERS = ChoiceEnum(["aligned", "shuffled", "reversed"])
+
+
+@dataclass
+class VisualTranslationLMConfig(TranslationLMConfig):
+    region_features: Optional[str] = field(
+        default=None, metadata={"help": "HDF5 region-feature store (default: DATA/features.h5)"}
+    )
+    missing_images: ChoiceEnum(["fail", "drop"]) = field(
+        default="fail",
+        metadata={"help": "images absent from the store: fail, or drop those pairs (with a count)"},
+    )
+    region_mask_prob: float = field(
+        default=0.15, metadata={"help": "share of regions to classify (0 turns MRC off)"}
+    )
+    region_mask_probs: List[float] = field(
+        default_factory=lambda: [0.8, 0.1, 0.1],
+        metadata={"help": "of the classified regions: masked, kept, swapped with a region of the batch"},
+    )
+    region_mask_type: ChoiceEnum(["mask", "zero"]) = field(
+        default="mask",
+        metadata={"help": "mask: zero the feature and use the [MASK] embedding; zero: zero the feature only"},
+    )
+    mrc_unmasked_inputs: bool = field(
+        default=False,
+        metadata={"help": "the paper's '0%% visual masking': classify regions whose inputs are never masked"},
+    )
+    image_order: IMAGE_ORDERS = field(
+        default="aligned",
+        metadata={"help": "shuffled/reversed: pair sentences with other images (the image-blind control)"},
+    )
+    image_order_seed: int = field(default=1, metadata={"help": "seed of the shuffled image order"})
+    valid_region_mask_prob: float = field(
+        default=0.0,
+        metadata={"help": "regions classified in validation (the reference: 0, images unmasked)"},
+    )
+
+
+@register_task("visual_translation_lm", dataclass=VisualTranslationLMConfig)
+class VisualTranslationLMTask(TranslationLMTaskBase):
+    cfg: VisualTranslationLMConfig
+
+    def __init__(self, cfg, dictionary):
+        super().__init__(cfg, dictionary)
+        path = cfg.region_features or os.path.join(cfg.data.split(":")[0], "features.h5")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no region-feature store (give --region-features)")
+        self.store = FeatureStore(path)
+        logger.info(
+            "region features: %s (%d images, %d regions x %d dims, %s)",
+            path, len(self.store), self.store.num_regions, self.store.feature_dim, self.store.dtype,
+        )  # fmt: skip
+
+    @property
+    def region_feature_dim(self):
+        return self.store.feature_dim
+
+    def masking_settings(self, training: bool) -> MaskingSettings:
+        settings = super().masking_settings(training)
+        settings.region_mask_type = self.cfg.region_mask_type
+        if training:
+            settings.region_prob = self.cfg.region_mask_prob
+            settings.region_probs = [0.0, 1.0, 0.0] if self.cfg.mrc_unmasked_inputs else self.cfg.region_mask_probs
+        else:
+            settings.region_prob = self.cfg.valid_region_mask_prob
+            settings.region_probs = [1.0, 0.0, 0.0]
+        settings.__post_init__()
+        return settings
+
+    def load_regions(self, split, data_path, num_pairs):
+        order = os.path.join(data_path, f"{split}.order")
+        if not os.path.isfile(order):
+            raise FileNotFoundError(f"{order}: no image order file for split '{split}'")
+        regions = RegionFeatureDataset.from_order_file(self.store, order, missing=self.cfg.missing_images)
+        if len(regions) != num_pairs:
+            raise ValueError(f"{order}: {len(regions)} lines for {num_pairs} sentence pairs")
+        regions.reorder_images(self.cfg.image_order, self.cfg.image_order_seed)
+        if self.cfg.image_order != "aligned":
+            logger.info("%s: images in %s order (seed %d)", split, self.cfg.image_order, self.cfg.image_order_seed)
+        return regions, regions.kept_indices
+
+
+@register_task("visual_tlm", dataclass=VisualTranslationLMConfig)
+class VisualTLMTask(VisualTranslationLMTask):
+    """Alias of ``visual_translation_lm``."""
