@@ -19,7 +19,7 @@ def shared_path(*parts) -> Path:
 
 
 TINY_WORLD = dict(
-    train_pairs=240, valid_pairs=37, test_pairs=21, num_regions=8, feature_dim=16,
+    train_pairs=240, valid_pairs=37, test_pairs=21, num_regions=12, feature_dim=16,
     captions_per_image=4, eval_captions_per_image=2,
 )  # fmt: skip
 

@@ -37,7 +37,7 @@ def test_console_entry_points_are_installed():
 def test_toy_world_build_and_score(tmp_path, capsys):
     toy_world.cli_main(
         ["build", str(tmp_path / "w"), "--train-pairs", "60", "--valid-pairs", "10",
-         "--test-pairs", "10", "--num-regions", "8", "--feature-dim", "4"]
+         "--test-pairs", "10", "--num-regions", "12", "--feature-dim", "4"]
     )  # fmt: skip
     stats = json.loads(capsys.readouterr().out)
     assert stats["train"]["pairs"] == 60

@@ -9,7 +9,7 @@ from vtlm_fairseq.data.preparation import PrepareConfig, prepare
 from vtlm_fairseq.toy_world import ToyWorldConfig, build_toy_world
 
 SMALL_WORLD = ToyWorldConfig(
-    train_pairs=300, valid_pairs=30, test_pairs=20, num_regions=8, feature_dim=8
+    train_pairs=300, valid_pairs=30, test_pairs=20, num_regions=12, feature_dim=8
 )
 
 

@@ -91,7 +91,8 @@ def test_every_pair_is_batched(vtlm):
     cfg, task = vtlm
     for split, n in (("train", 240), ("valid", 37)):
         itr = task.get_batch_iterator(
-            task.dataset(split), max_sentences=16, required_batch_size_multiple=8, seed=1
+            task.dataset(split), max_sentences=16, required_batch_size_multiple=8, seed=1,
+            disable_iterator_cache=True,
         ).next_epoch_itr(shuffle=False)
         ids = torch.cat([b["id"] for b in itr])
         assert sorted(ids.tolist()) == list(range(n))
@@ -209,7 +210,9 @@ def test_loader_workers_follow_the_epoch(vtlm):
     """Worker processes outlive epochs; their masks must still change."""
     _, task = vtlm
     ds = task.dataset("train")
-    itr = task.get_batch_iterator(ds, max_sentences=32, seed=1, num_workers=2, epoch=1)
+    itr = task.get_batch_iterator(
+        ds, max_sentences=32, seed=1, num_workers=2, epoch=1, disable_iterator_cache=True
+    )
     seen = {}
     for epoch in (1, 2):
         batches = list(itr.next_epoch_itr(shuffle=False))

@@ -101,9 +101,28 @@ def restore_spans(model, task, dataset: SpanMaskedDataset, batch_size: int = 64)
     return correct
 
 
-def ambiguous_word_spans(task, dataset, annotations: Sequence[List[dict]], halves: Sequence[int]) -> Spans:
-    """Spans of the toy world's ambiguous words: the English noun (half 0)
-    and/or its German translation (half 1), per dataset index."""
+def find_phrase(words: List[Tuple[str, int, int]], phrase: Sequence[str]) -> List[Tuple[int, int]]:
+    """Token spans where the normalised words ``phrase`` occur in a row."""
+    n = len(phrase)
+    return [
+        (words[i][1], words[i + n - 1][2])
+        for i in range(len(words) - n + 1)
+        if tuple(w for w, _, _ in words[i : i + n]) == tuple(phrase)
+    ]
+
+
+# what each probe condition masks: (half, annotation field)
+CONDITIONS = {
+    "en": ((0, "en"),),  # the English noun; the German side gives it away
+    "de": ((1, "de"),),  # the German noun; its article/adjective may tell the gender
+    "de_np": ((1, "de_np"),),  # the German noun phrase: only the image tells the sense
+    "both": ((0, "en"), (1, "de_np")),  # English noun and German noun phrase
+}
+
+
+def ambiguous_word_spans(task, dataset, annotations: Sequence[List[dict]], condition: str) -> Spans:
+    """Spans of the toy world's ambiguous words masked under ``condition``,
+    per dataset index."""
     spans: Spans = {}
     for index in range(len(dataset)):
         pair = int(dataset.pair_indices[index])
@@ -111,27 +130,23 @@ def ambiguous_word_spans(task, dataset, annotations: Sequence[List[dict]], halve
                  1: word_spans(task.dictionary, dataset.tgt[pair].tolist())}  # fmt: skip
         chosen = []
         for item in annotations[pair]:
-            for half in halves:
-                wanted = normalise(item["en"] if half == 0 else item["de"])
-                match = [(s, e) for w, s, e in words[half] if w == wanted]
+            for half, key in CONDITIONS[condition]:
+                phrase = [normalise(w) for w in item[key].split()]
+                match = find_phrase(words[half], phrase)
                 if len(match) != 1:
-                    raise ValueError(f"pair {pair}: '{wanted}' found {len(match)} times in half {half}")
+                    raise ValueError(f"pair {pair}: '{item[key]}' found {len(match)} times in half {half}")
                 chosen.append((half, *match[0]))
         if chosen:
             spans[index] = chosen
     return spans
 
 
-CONDITIONS = {"en": (0,), "de": (1,), "both": (0, 1)}
-
-
 def probe_ambiguous_words(
-    model, task, split: str, annotations, conditions=("en", "de", "both"),
+    model, task, split: str, annotations, conditions=tuple(CONDITIONS),
     image_orders=("aligned", "shuffled"), seeds=(1,),
 ) -> List[dict]:  # fmt: skip
-    """Accuracy of restoring the toy world's masked ambiguous words: the
-    English noun ('en'), its German translation ('de', where the image alone
-    decides the sense), or both at once, per image order."""
+    """Accuracy of restoring the toy world's masked ambiguous words (all
+    pieces of a span right), per condition (see CONDITIONS) and image order."""
     rows = []
     for order in image_orders:
         for seed in seeds if order == "shuffled" else seeds[:1]:
@@ -142,7 +157,7 @@ def probe_ambiguous_words(
             task.load_dataset(split)
             base = task.dataset(split)
             for condition in conditions:
-                spans = ambiguous_word_spans(task, base, annotations, halves=CONDITIONS[condition])
+                spans = ambiguous_word_spans(task, base, annotations, condition)
                 dataset = SpanMaskedDataset(base, spans)
                 correct = restore_spans(model, task, dataset)
                 halves = np.array([half for _, half in dataset.span_info])

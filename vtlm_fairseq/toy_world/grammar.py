@@ -2,7 +2,7 @@
 adjective agreement in gender and case."""
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from .lexicon import Colour, Noun
 
@@ -58,12 +58,31 @@ def german_np(m: Mention, case: str, definite: bool) -> str:
 
 @dataclass(frozen=True)
 class Template:
-    """A caption frame: ``objects`` object mentions, and a person if ``person``."""
+    """A caption frame with object slots ``{0}``, ``{1}`` and a person slot
+    ``{p}``; each object slot says how English and German render its noun
+    phrase (definite or not; German case)."""
 
     name: str
-    person: bool
-    objects: int
-    render: Callable[[Optional[Noun], List[Mention]], Tuple[str, str]]
+    en: str
+    de: str
+    en_definite: Tuple[bool, ...]
+    de_forms: Tuple[Tuple[str, bool], ...]  # (case, definite) per object slot
+
+    @property
+    def objects(self) -> int:
+        return len(self.de_forms)
+
+    @property
+    def person(self) -> bool:
+        return "{p}" in self.en
+
+    def render(self, person: Optional[Noun], mentions: List[Mention]) -> Tuple[str, str, List[str]]:
+        """(English, German, German noun phrase of each mention)."""
+        en_nps = [english_np(m, d) for m, d in zip(mentions, self.en_definite)]
+        de_nps = [german_np(m, case, d) for m, (case, d) in zip(mentions, self.de_forms)]
+        en = self.en.format(*en_nps, p=person.en if person else "")
+        de = self.de.format(*de_nps, p=_person_de(person) if person else "")
+        return en, de, de_nps
 
 
 def _person_de(p: Noun) -> str:
@@ -71,63 +90,20 @@ def _person_de(p: Noun) -> str:
 
 
 TEMPLATES: List[Template] = [
-    Template(
-        "next_to", False, 2,
-        lambda p, o: (
-            f"{english_np(o[0], False)} is next to {english_np(o[1], False)}.",
-            f"{german_np(o[0], 'nom', False)} ist neben {german_np(o[1], 'dat', False)}.",
-        ),
-    ),
-    Template(
-        "left_of", False, 2,
-        lambda p, o: (
-            f"{english_np(o[0], True)} is to the left of {english_np(o[1], True)}.",
-            f"{german_np(o[0], 'nom', True)} ist links von {german_np(o[1], 'dat', True)}.",
-        ),
-    ),
-    Template(
-        "in_picture", False, 1,
-        lambda p, o: (
-            f"there is {english_np(o[0], False)} in the picture.",
-            f"auf dem Bild ist {german_np(o[0], 'nom', False)}.",
-        ),
-    ),
-    Template(
-        "on_ground", False, 1,
-        lambda p, o: (
-            f"{english_np(o[0], False)} lies on the ground.",
-            f"{german_np(o[0], 'nom', False)} liegt auf dem Boden.",
-        ),
-    ),
-    Template(
-        "holds", True, 1,
-        lambda p, o: (
-            f"a {p.en} holds {english_np(o[0], False)}.",
-            f"{_person_de(p)} hält {german_np(o[0], 'acc', False)}.",
-        ),
-    ),
-    Template(
-        "looks_at", True, 1,
-        lambda p, o: (
-            f"a {p.en} looks at {english_np(o[0], True)}.",
-            f"{_person_de(p)} schaut {german_np(o[0], 'acc', True)} an.",
-        ),
-    ),
-    Template(
-        "sits_next_to", True, 1,
-        lambda p, o: (
-            f"a {p.en} is sitting next to {english_np(o[0], False)}.",
-            f"{_person_de(p)} sitzt neben {german_np(o[0], 'dat', False)}.",
-        ),
-    ),
-    Template(
-        "sees_both", True, 2,
-        lambda p, o: (
-            f"a {p.en} sees {english_np(o[0], False)} and {english_np(o[1], False)}.",
-            f"{_person_de(p)} sieht {german_np(o[0], 'acc', False)} und "
-            f"{german_np(o[1], 'acc', False)}.",
-        ),
-    ),
+    Template("next_to", "{0} is next to {1}.", "{0} ist neben {1}.",
+             (False, False), (("nom", False), ("dat", False))),
+    Template("left_of", "{0} is to the left of {1}.", "{0} ist links von {1}.",
+             (True, True), (("nom", True), ("dat", True))),
+    Template("in_picture", "there is {0} in the picture.", "auf dem Bild ist {0}.",
+             (False,), (("nom", False),)),
+    Template("on_ground", "{0} lies on the ground.", "{0} liegt auf dem Boden.",
+             (False,), (("nom", False),)),
+    Template("holds", "a {p} holds {0}.", "{p} hält {0}.", (False,), (("acc", False),)),
+    Template("looks_at", "a {p} looks at {0}.", "{p} schaut {0} an.", (True,), (("acc", True),)),
+    Template("sits_next_to", "a {p} is sitting next to {0}.", "{p} sitzt neben {0}.",
+             (False,), (("dat", False),)),
+    Template("sees_both", "a {p} sees {0} and {1}.", "{p} sieht {0} und {1}.",
+             (False, False), (("acc", False), ("acc", False))),
 ]  # fmt: skip
 
 

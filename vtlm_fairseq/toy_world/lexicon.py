@@ -95,12 +95,18 @@ COLOURS: List[Colour] = [
     Colour("white", "weiß"),
 ]
 
-# Detected but never mentioned: the clutter of a real detector's top 36.
-BACKGROUND_CLASSES: List[str] = [
-    "Tree", "Building", "Window", "Human face", "Human hand", "Clothing",
-    "Footwear", "Plant", "Flower", "Wheel", "Door", "House", "Poster",
-    "Shelf", "Picture frame",
-]  # fmt: skip
+# Detected but never mentioned: the clutter of a real detector's top 36. Each
+# scene has a setting whose clutter it shows (most common first), and a
+# person comes with detections of their parts, as real detections co-occur.
+SETTINGS: Dict[str, List[str]] = {
+    "indoor": ["Window", "Picture frame", "Shelf", "Door", "Curtain", "Poster"],
+    "park": ["Tree", "Plant", "Flower", "Palm tree", "Fountain"],
+    "street": ["Building", "Wheel", "Street light", "House", "Traffic sign", "Skyscraper"],
+}
+PERSON_PARTS: List[str] = ["Human face", "Human hand", "Clothing", "Footwear", "Human hair"]
+BACKGROUND_CLASSES: List[str] = sorted(
+    {c for classes in SETTINGS.values() for c in classes} | set(PERSON_PARTS)
+)
 
 SENSES: List[Noun] = [sense for senses in AMBIGUOUS.values() for sense in senses]
 ALL_NOUNS: List[Noun] = OBJECTS + SENSES + PEOPLE

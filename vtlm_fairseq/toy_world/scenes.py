@@ -10,20 +10,11 @@ import numpy as np
 
 from ..data.feature_store import RegionFeatures
 from .grammar import TEMPLATES, Mention, capitalise
-from .lexicon import (
-    AMBIGUOUS,
-    BACKGROUND_CLASSES,
-    COLOURS,
-    OBJECTS,
-    PEOPLE,
-    Colour,
-    Noun,
-    class_ids,
-)
+from .lexicon import AMBIGUOUS, COLOURS, OBJECTS, PEOPLE, PERSON_PARTS, SETTINGS, Colour, Noun, class_ids
 
 MAX_OBJECTS = 3
-# salient regions at most: objects, their duplicate detections, person, face
-MIN_REGIONS = 2 * MAX_OBJECTS + 2
+# salient regions at most: objects, their duplicate detections, person, parts
+MIN_REGIONS = 2 * MAX_OBJECTS + 1 + len(PERSON_PARTS)
 
 
 @dataclass
@@ -36,6 +27,7 @@ class SceneObject:
 class Scene:
     objects: List[SceneObject]
     person: Optional[Noun]
+    setting: str
 
 
 @dataclass
@@ -43,8 +35,9 @@ class Caption:
     en: str
     de: str
     template: str
-    # ambiguous words of this caption: English noun, the sense the image shows
-    ambiguous: List[Tuple[str, Noun]]
+    # ambiguous words of this caption: (English noun, the sense the image
+    # shows, its German noun phrase as the sentence has it)
+    ambiguous: List[Tuple[str, Noun, str]]
 
 
 def sample_scene(rng: np.random.Generator, ambiguous_rate: float) -> Scene:
@@ -66,7 +59,8 @@ def sample_scene(rng: np.random.Generator, ambiguous_rate: float) -> Scene:
         used.add(noun.en)
         objects.append(SceneObject(noun, COLOURS[rng.integers(len(COLOURS))]))
     person = PEOPLE[rng.integers(len(PEOPLE))] if rng.random() < 0.6 else None
-    return Scene(objects, person)
+    settings = sorted(SETTINGS)
+    return Scene(objects, person, settings[rng.integers(len(settings))])
 
 
 def sample_caption(
@@ -84,14 +78,15 @@ def sample_caption(
         obj = scene.objects[i]
         colour = obj.colour if rng.random() < colour_rate else None
         mentions.append(Mention(obj.noun, colour))
-    en, de = template.render(scene.person, mentions)
-    ambiguous = [(m.noun.en, m.noun) for m in mentions if m.noun.en in AMBIGUOUS]
+    en, de, de_nps = template.render(scene.person, mentions)
+    ambiguous = [(m.noun.en, m.noun, np_) for m, np_ in zip(mentions, de_nps) if m.noun.en in AMBIGUOUS]
     return Caption(capitalise(en), capitalise(de), template.name, ambiguous)
 
 
 class RegionRenderer:
-    """Turns scenes into detector output. Prototypes are fixed by the world
-    seed, so a class looks alike in every split."""
+    """Turns scenes into detector output. Class and colour prototypes and
+    each class's typical box size are fixed by the world seed, so a class
+    looks alike in every split."""
 
     def __init__(self, seed: int, num_regions: int, feature_dim: int, noise: float = 0.5):
         if num_regions < MIN_REGIONS:
@@ -102,36 +97,42 @@ class RegionRenderer:
         self.colour_protos = 0.5 * proto_rng.standard_normal(
             (len(COLOURS), feature_dim)
         ).astype(np.float32)
+        self.class_sizes = proto_rng.uniform(0.08, 0.5, n_classes).astype(np.float32)
         self.num_regions = num_regions
         self.feature_dim = feature_dim
         self.noise = noise
-        self._background = [class_ids()[c] for c in BACKGROUND_CLASSES]
-        self._face = class_ids()["Human face"]
+        ids = class_ids()
+        self._settings = {name: [ids[c] for c in classes] for name, classes in SETTINGS.items()}
+        self._parts = [ids[c] for c in PERSON_PARTS]
+
+    def _clutter(self, rng, setting: str) -> int:
+        classes = self._settings[setting]
+        weights = 1.0 / np.arange(1, len(classes) + 1)  # Zipf: a few dominate
+        return classes[rng.choice(len(classes), p=weights / weights.sum())]
 
     def render(self, rng: np.random.Generator, scene: Scene) -> RegionFeatures:
-        # (class id, colour index, score range, box size range)
+        # (class id, colour index, score range)
         specs = []
         for obj in scene.objects:
             colour = COLOURS.index(obj.colour)
-            specs.append((obj.noun.class_id, colour, (0.75, 1.0), (0.2, 0.6)))
+            specs.append((obj.noun.class_id, colour, (0.75, 1.0)))
             if rng.random() < 0.3:  # a second, weaker box on the same object
-                specs.append((obj.noun.class_id, colour, (0.3, 0.7), (0.1, 0.4)))
+                specs.append((obj.noun.class_id, colour, (0.3, 0.7)))
         if scene.person is not None:
-            specs.append((scene.person.class_id, rng.integers(len(COLOURS)), (0.6, 0.99), (0.4, 0.9)))
-            specs.append((self._face, rng.integers(len(COLOURS)), (0.5, 0.9), (0.05, 0.2)))
+            specs.append((scene.person.class_id, rng.integers(len(COLOURS)), (0.6, 0.99)))
+            for part in self._parts[: 2 + rng.integers(len(self._parts) - 1)]:
+                specs.append((part, rng.integers(len(COLOURS)), (0.3, 0.9)))
         while len(specs) < self.num_regions:
-            cls = self._background[rng.integers(len(self._background))]
-            specs.append((cls, rng.integers(len(COLOURS)), (0.05, 0.6), (0.05, 0.5)))
+            specs.append((self._clutter(rng, scene.setting), rng.integers(len(COLOURS)), (0.05, 0.6)))
 
         n = len(specs)
         classes = np.array([s[0] for s in specs], dtype=np.int64)
         colours = np.array([s[1] for s in specs], dtype=np.int64)
         lo, hi = np.array([s[2] for s in specs], dtype=np.float32).T
         scores = lo + (hi - lo) * rng.random(n, dtype=np.float32)
-        size_lo, size_hi = np.array([s[3] for s in specs], dtype=np.float32).T
-        hw = size_lo[:, None] + (size_hi - size_lo)[:, None] * rng.random((n, 2), dtype=np.float32)
-        top_left = (1.0 - hw) * rng.random((n, 2), dtype=np.float32)
-        boxes = np.concatenate([top_left, top_left + hw], axis=1)  # ymin, xmin, ymax, xmax
+        size = self.class_sizes[classes][:, None] * rng.uniform(0.7, 1.3, (n, 2)).astype(np.float32)
+        top_left = (1.0 - size) * rng.random((n, 2), dtype=np.float32)
+        boxes = np.concatenate([top_left, top_left + size], axis=1)  # ymin, xmin, ymax, xmax
         features = self.class_protos[classes] + self.colour_protos[colours]
         features += self.noise * rng.standard_normal(features.shape, dtype=np.float32)
         np.maximum(features, 0.0, out=features)  # pooled CNN activations are >= 0

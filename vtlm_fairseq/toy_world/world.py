@@ -87,12 +87,13 @@ def build_toy_world(out_dir, cfg: ToyWorldConfig = ToyWorldConfig()) -> Dict:
                             {
                                 "en": en,
                                 "de": sense.de,
+                                "de_np": noun_phrase,
                                 "class": sense.class_name,
                                 "alternatives": [
                                     s.de for s in AMBIGUOUS[en] if s.de != sense.de
                                 ],
                             }
-                            for en, sense in c.ambiguous
+                            for en, sense, noun_phrase in c.ambiguous
                         ],
                         ensure_ascii=False,
                     )
