@@ -33,6 +33,7 @@ setup(
             "vtlm-prepare=vtlm_fairseq.cli.prepare:cli_main",
             "vtlm-features=vtlm_fairseq.cli.features:cli_main",
             "vtlm-probe=vtlm_fairseq.cli.probe:cli_main",
+            "vtlm-score=vtlm_fairseq.cli.score:cli_main",
         ],
     },
 )

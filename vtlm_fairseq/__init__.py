@@ -5,8 +5,17 @@ registers its tasks, models and criteria with fairseq.
 """
 
 import argparse
+import logging
 
 import torch
+
+from .cli.logging_setup import setup_logging  # noqa: E402
+
+# Importing fairseq configures the root logger at DEBUG (in its
+# text_to_speech task) unless logging is set up already: set it up first,
+# as fairseq's own commands do, and keep h5py's debug chatter out.
+setup_logging()
+logging.getLogger("h5py").setLevel(logging.INFO)
 
 __version__ = "0.1.0"
 

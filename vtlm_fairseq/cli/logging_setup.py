@@ -4,7 +4,8 @@ import sys
 
 
 def setup_logging():
-    """fairseq's console log format, so our commands read like its own."""
+    """fairseq's console log format, so our commands read like its own; a
+    no-op where logging is configured already."""
     logging.basicConfig(
         format="%(asctime)s | %(levelname)s | %(name)s | %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S",

@@ -37,10 +37,13 @@ class KeepAllBatchesMixin:
             return super().batch_by_size(
                 indices, max_tokens, max_sentences, required_batch_size_multiple
             )
+        num_tokens_vec = self.num_tokens_vec(indices)
+        if num_tokens_vec is not None:  # fairseq's Cython batching wants int64
+            num_tokens_vec = np.asarray(num_tokens_vec, dtype=np.int64)
         return batch_by_size_keeping_all(
             indices,
             num_tokens_fn=self.num_tokens,
-            num_tokens_vec=self.num_tokens_vec(indices),
+            num_tokens_vec=num_tokens_vec,
             max_tokens=max_tokens,
             max_sentences=max_sentences,
             required_batch_size_multiple=required_batch_size_multiple,

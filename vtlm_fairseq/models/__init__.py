@@ -1,3 +1,3 @@
 """fairseq models of the plugin."""
 
-from . import vtlm  # noqa: F401
+from . import vtlm, vtlm_translation  # noqa: F401

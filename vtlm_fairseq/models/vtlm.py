@@ -4,6 +4,7 @@ classification (MRC) head over the detector's classes."""
 
 import logging
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,7 @@ from fairseq.models.transformer import TransformerConfig
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.utils import safe_getattr
 
+from ..languages import IMG_LANG
 from ..modules.embeddings import RegionEmbedding, TextEmbedding, init_embedding
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,19 @@ class VTLMConfig(FairseqDataclass):
 
 
 class VTLMEncoder(FairseqEncoder):
-    def __init__(self, cfg: VTLMConfig, dictionary, num_langs: int, img_lang: int, mask_idx: int, feature_dim: int):
+    """``feature_dim`` None builds no region layers (TLM, NMT); ``with_heads``
+    False builds no LM/MRC heads (the encoder of a translation model)."""
+
+    def __init__(
+        self,
+        cfg: VTLMConfig,
+        dictionary,
+        num_langs: int,
+        img_lang: int,
+        mask_idx: int,
+        feature_dim: Optional[int],
+        with_heads: bool = True,
+    ):
         super().__init__(dictionary)
         dim = cfg.encoder_embed_dim
         self.padding_idx = dictionary.pad()
@@ -66,14 +80,13 @@ class VTLMEncoder(FairseqEncoder):
                 layer_norm=cfg.region_layer_norm, box_bias=not cfg.no_region_box_bias,
                 layer_norm_eps=cfg.layer_norm_eps,
             )  # fmt: skip
-            self.region_classifier = nn.Linear(dim, cfg.num_region_classes)
+            if with_heads:
+                self.region_classifier = nn.Linear(dim, cfg.num_region_classes)
         self.layers = nn.ModuleList(
             [TransformerEncoderLayerBase(layer_config(cfg)) for _ in range(cfg.encoder_layers)]
         )
-        for layer in self.layers:  # fairseq's layers use 1e-5; XLM uses 1e-12
-            layer.self_attn_layer_norm.eps = cfg.layer_norm_eps
-            layer.final_layer_norm.eps = cfg.layer_norm_eps
-        self.lm_bias = nn.Parameter(torch.zeros(len(dictionary)))
+        set_layer_norm_eps(self.layers, cfg.layer_norm_eps)
+        self.lm_bias = nn.Parameter(torch.zeros(len(dictionary))) if with_heads else None
 
     def forward(
         self,
@@ -112,12 +125,22 @@ class VTLMEncoder(FairseqEncoder):
         return self.max_positions_
 
 
+def set_layer_norm_eps(module: nn.Module, eps: float) -> None:
+    """fairseq's layers use LayerNorm eps 1e-5; XLM (the reference) 1e-12."""
+    for m in module.modules():
+        if isinstance(m, nn.LayerNorm):
+            m.eps = eps
+
+
 def layer_config(cfg: VTLMConfig) -> TransformerConfig:
+    """fairseq's Transformer layer settings for our (equal) encoder and
+    decoder layer shapes."""
     tc = TransformerConfig()
-    tc.encoder.embed_dim = cfg.encoder_embed_dim
-    tc.encoder.ffn_embed_dim = cfg.encoder_ffn_embed_dim
-    tc.encoder.attention_heads = cfg.encoder_attention_heads
-    tc.encoder.normalize_before = False  # post-LN, as the paper
+    for side in (tc.encoder, tc.decoder):
+        side.embed_dim = cfg.encoder_embed_dim
+        side.ffn_embed_dim = cfg.encoder_ffn_embed_dim
+        side.attention_heads = cfg.encoder_attention_heads
+        side.normalize_before = False  # post-LN, as the paper
     tc.dropout = cfg.dropout
     tc.attention_dropout = cfg.attention_dropout
     tc.activation_dropout = cfg.activation_dropout
@@ -139,7 +162,7 @@ class VTLMModel(FairseqEncoderModel):
             cfg,
             task.dictionary,
             num_langs=len(task.lang_ids),
-            img_lang=task.lang_ids["img"],
+            img_lang=task.lang_ids[IMG_LANG],
             mask_idx=task.mask_idx,
             feature_dim=task.region_feature_dim,
         )

@@ -1,3 +1,3 @@
 """fairseq tasks of the plugin."""
 
-from . import translation_lm, visual_translation_lm  # noqa: F401
+from . import multimodal_translation, translation_lm, visual_translation_lm  # noqa: F401

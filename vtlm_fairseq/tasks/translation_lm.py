@@ -13,10 +13,9 @@ from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
 from ..data.tlm_dataset import MaskingSettings, TLMDataset
+from ..languages import IMG_LANG, language_ids
 
 logger = logging.getLogger(__name__)
-
-IMG_LANG = "img"
 
 
 @dataclass
@@ -43,10 +42,7 @@ class TranslationLMTaskBase(FairseqTask):
         super().__init__(cfg)
         self.dictionary = dictionary
         self.mask_idx = dictionary.add_symbol("<mask>")
-        # de=0, en=1, img=2 for en-de, as the reference (sorted language names)
-        langs = sorted({cfg.source_lang, cfg.target_lang})
-        self.lang_ids = {lang: i for i, lang in enumerate(langs)}
-        self.lang_ids[IMG_LANG] = len(langs)
+        self.lang_ids = language_ids(cfg.source_lang, cfg.target_lang)
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):

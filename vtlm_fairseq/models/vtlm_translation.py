@@ -1,0 +1,246 @@
+"""The NMT/MMT encoder-decoder sharing the ``vtlm`` embedding design, and its
+initialisation from a TLM or VTLM checkpoint: the pre-trained encoder fills
+both the encoder and the decoder; each decoder layer's cross-attention starts
+as a copy of the same layer's self-attention (the reference's
+``--init_dec_from_enc``)."""
+
+import logging
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import checkpoint_utils, utils
+from fairseq.models import (
+    FairseqEncoderDecoderModel,
+    FairseqIncrementalDecoder,
+    register_model,
+    register_model_architecture,
+)
+from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
+from fairseq.utils import safe_getattr
+
+from ..languages import IMG_LANG, language_ids
+from ..modules.embeddings import TextEmbedding, init_embedding
+from .vtlm import VTLMConfig, VTLMEncoder, layer_config, set_layer_norm_eps, vtlm_base
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VTLMTranslationConfig(VTLMConfig):
+    decoder_layers: int = field(default=6, metadata={"help": "decoder layers"})
+    pretrained_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "TLM/VTLM checkpoint that initialises encoder and decoder"}
+    )
+    no_cross_attention_init: bool = field(
+        default=False, metadata={"help": "leave cross-attention random instead of copying self-attention"}
+    )
+
+
+def text_positions(tokens: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """0, 1, ... over the non-padding tokens of each row (left or right padding)."""
+    real = tokens.ne(padding_idx).long()
+    return (torch.cumsum(real, dim=1) - 1).clamp(min=0) * real
+
+
+class TranslationEncoder(VTLMEncoder):
+    """Regions (when given) followed by ``</s> src </s>``, in fairseq's
+    encoder-output format so that SequenceGenerator encodes each sentence and
+    its regions once and reorders the states across beams."""
+
+    def __init__(self, cfg, dictionary, lang_ids: Dict[str, int], source_lang: str, mask_idx, feature_dim):
+        super().__init__(
+            cfg, dictionary, len(lang_ids), lang_ids[IMG_LANG], mask_idx, feature_dim, with_heads=False
+        )
+        self.src_lang = lang_ids[source_lang]
+
+    def forward(self, src_tokens, src_lengths=None, region_features=None, region_boxes=None, region_mask=None, **unused):
+        out = super().forward(
+            src_tokens,
+            torch.full_like(src_tokens, self.src_lang),
+            text_positions(src_tokens, self.padding_idx),
+            region_features=region_features,
+            region_boxes=region_boxes,
+            region_mask=region_mask,
+        )
+        return {
+            "encoder_out": [out["states"].transpose(0, 1)],  # T x B x C
+            "encoder_padding_mask": [out["padding_mask"]],  # B x T
+            "encoder_embedding": [],
+            "encoder_states": [],
+            "src_tokens": [],
+            "src_lengths": [],
+        }
+
+    @torch.jit.export
+    def reorder_encoder_out(self, encoder_out: Dict[str, List[torch.Tensor]], new_order):
+        return {
+            "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
+            "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
+            "encoder_embedding": [],
+            "encoder_states": [],
+            "src_tokens": [],
+            "src_lengths": [],
+        }
+
+
+class TranslationDecoder(FairseqIncrementalDecoder):
+    """``</s> tgt ...`` with target-language embeddings, fairseq Transformer
+    decoder layers (post-LN) cross-attending over all encoder states, and an
+    output projection tied to the decoder's embedding plus a bias."""
+
+    def __init__(self, cfg: VTLMTranslationConfig, dictionary, lang_ids: Dict[str, int], target_lang: str):
+        super().__init__(dictionary)
+        dim = cfg.encoder_embed_dim
+        self.padding_idx = dictionary.pad()
+        self.tgt_lang = lang_ids[target_lang]
+        self.max_positions_ = cfg.max_positions
+        self.embed_tokens = nn.Embedding(len(dictionary), dim, self.padding_idx)
+        init_embedding(self.embed_tokens, dim, self.padding_idx)
+        self.embed_langs = nn.Embedding(len(lang_ids), dim)
+        init_embedding(self.embed_langs, dim)
+        self.text_embedding = TextEmbedding(
+            self.embed_tokens, self.embed_langs, cfg.max_positions, cfg.dropout, cfg.layer_norm_eps
+        )
+        tc = layer_config(cfg)
+        self.layers = nn.ModuleList([TransformerDecoderLayerBase(tc) for _ in range(cfg.decoder_layers)])
+        set_layer_norm_eps(self.layers, cfg.layer_norm_eps)
+        self.lm_bias = nn.Parameter(torch.zeros(len(dictionary)))
+        self._future_mask = torch.empty(0)
+
+    def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):
+        x, extra = self.extract_features(prev_output_tokens, encoder_out, incremental_state)
+        if not features_only:
+            x = self.output_layer(x)
+        return x, extra
+
+    def extract_features(self, prev_output_tokens, encoder_out=None, incremental_state=None, **unused):
+        positions = text_positions(prev_output_tokens, self.padding_idx)
+        if incremental_state is not None:  # one new token per step
+            prev_output_tokens = prev_output_tokens[:, -1:]
+            positions = positions[:, -1:]
+        x = self.text_embedding(prev_output_tokens, torch.full_like(prev_output_tokens, self.tgt_lang), positions)
+        x = x.transpose(0, 1)
+        enc = encoder_out["encoder_out"][0] if encoder_out is not None else None
+        enc_padding = encoder_out["encoder_padding_mask"][0] if encoder_out is not None else None
+        self_attn_mask = self.buffered_future_mask(x) if incremental_state is None else None
+        padding = prev_output_tokens.eq(self.padding_idx)
+        self_attn_padding_mask = padding if padding.any() else None
+        attn = None
+        for i, layer in enumerate(self.layers):
+            x, layer_attn, _ = layer(
+                x,
+                enc,
+                enc_padding,
+                incremental_state,
+                self_attn_mask=self_attn_mask,
+                self_attn_padding_mask=self_attn_padding_mask,
+                need_attn=i == len(self.layers) - 1,
+            )
+            if layer_attn is not None:
+                attn = layer_attn
+        return x.transpose(0, 1), {"attn": [attn], "inner_states": None}
+
+    def output_layer(self, features):
+        return F.linear(features, self.embed_tokens.weight, self.lm_bias)
+
+    def max_positions(self):
+        return self.max_positions_
+
+    def buffered_future_mask(self, tensor):
+        dim = tensor.size(0)
+        if self._future_mask.size(0) < dim or self._future_mask.device != tensor.device:
+            self._future_mask = torch.triu(utils.fill_with_neg_inf(torch.zeros([dim, dim])), 1)
+        return self._future_mask[:dim, :dim].to(tensor)
+
+
+@register_model("vtlm_translation", dataclass=VTLMTranslationConfig)
+class VTLMTranslationModel(FairseqEncoderDecoderModel):
+    """MMT when the task gives regions, NMT otherwise; works with fairseq's
+    ``translation`` task too (text only)."""
+
+    @classmethod
+    def build_model(cls, cfg: VTLMTranslationConfig, task):
+        lang_ids = getattr(task, "lang_ids", None) or language_ids(task.cfg.source_lang, task.cfg.target_lang)
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        mask_idx = getattr(task, "mask_idx", src_dict.unk())
+        encoder = TranslationEncoder(
+            cfg, src_dict, lang_ids, task.cfg.source_lang, mask_idx, getattr(task, "region_feature_dim", None)
+        )
+        decoder = TranslationDecoder(cfg, tgt_dict, lang_ids, task.cfg.target_lang)
+        model = cls(encoder, decoder)
+        if cfg.pretrained_checkpoint:
+            model.load_pretrained(cfg.pretrained_checkpoint, cross_attention=not cfg.no_cross_attention_init)
+        return model
+
+    def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
+        encoder_out = self.encoder(src_tokens, src_lengths=src_lengths, **kwargs)
+        return self.decoder(prev_output_tokens, encoder_out=encoder_out)
+
+    def load_pretrained(self, path: str, cross_attention: bool = True) -> Dict[str, List[str]]:
+        """Fills encoder and decoder from a (V)TLM checkpoint. Every target
+        parameter not filled, and every source weight not used, is reported by
+        name; shapes must match."""
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+        source = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        mapping = {}  # our parameter name -> pre-trained name
+        for name in self.encoder.state_dict():
+            mapping[f"encoder.{name}"] = name
+        decoder_names = self.decoder.state_dict()
+        for name in decoder_names:
+            if ".encoder_attn." in name:
+                if cross_attention:
+                    mapping[f"decoder.{name}"] = name.replace(".encoder_attn.", ".self_attn.")
+            elif ".encoder_attn_layer_norm." not in name:
+                mapping[f"decoder.{name}"] = name
+        own = self.state_dict()
+        loaded, fresh = {}, []
+        for target, src in mapping.items():
+            if src not in source:
+                fresh.append(target)
+                continue
+            if source[src].shape != own[target].shape:
+                raise ValueError(
+                    f"{path}: '{src}' has shape {tuple(source[src].shape)}, "
+                    f"'{target}' needs {tuple(own[target].shape)} (different dictionary or size?)"
+                )
+            loaded[target] = source[src]
+        fresh += [name for name in own if name not in mapping]
+        unused = sorted(set(source) - set(mapping.values()))
+        self.load_state_dict({**own, **loaded})
+        report = {"loaded": sorted(loaded), "initialised_fresh": sorted(fresh), "unused": unused}
+        logger.info(
+            "initialised from %s: %d tensors loaded; fresh: %s; unused: %s",
+            path,
+            len(loaded),
+            ", ".join(report["initialised_fresh"]) or "none",
+            ", ".join(unused) or "none",
+        )
+        return report
+
+    def max_positions(self):
+        # +1 for the leading </s> the tasks put before each sentence
+        return (self.encoder.max_positions(), self.decoder.max_positions())
+
+
+def _translation_defaults(args):
+    args.decoder_layers = safe_getattr(args, "decoder_layers", safe_getattr(args, "encoder_layers", 6))
+
+
+@register_model_architecture("vtlm_translation", "vtlm_translation_base")
+def vtlm_translation_base(args):
+    """The paper's 6+6 layers, 512 dims, 8 heads, FFN 2048."""
+    vtlm_base(args)
+    _translation_defaults(args)
+
+
+@register_model_architecture("vtlm_translation", "vtlm_translation_tiny")
+def vtlm_translation_tiny(args):
+    """The shape of vtlm_tiny, for fine-tuning it on CPU."""
+    args.encoder_layers = safe_getattr(args, "encoder_layers", 2)
+    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 128)
+    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 512)
+    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 4)
+    vtlm_translation_base(args)
