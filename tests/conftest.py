@@ -53,3 +53,37 @@ def setup_fairseq(argv):
     args = options.parse_args_and_arch(parser, ["--user-dir", str(REPO / "vtlm_fairseq")] + argv)
     cfg = convert_namespace_to_omegaconf(args)
     return cfg, tasks.setup_task(cfg.task)
+
+
+TINY_DIMS = ["--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2"]
+
+
+def fairseq_command(name: str) -> str:
+    import sys
+
+    return str(Path(sys.executable).parent / name)
+
+
+def run_fairseq(name, args, input=None, cwd=None):
+    """Runs a fairseq console command; fails the test with its output tail."""
+    import subprocess
+
+    proc = subprocess.run([fairseq_command(name)] + [str(a) for a in args], capture_output=True, text=True,
+                          input=input, cwd=cwd)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.fail(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def vtlm_checkpoint(toy_data, tmp_path_factory):
+    """A tiny VTLM trained for 10 updates on the tiny toy world."""
+    data, store, _ = toy_data
+    save = tmp_path_factory.mktemp("vtlm_ckpt")
+    run_fairseq("fairseq-train", [
+        data, "--user-dir", REPO / "vtlm_fairseq", "--task", "visual_tlm", "--region-features", store,
+        "--arch", "vtlm_tiny", *TINY_DIMS, "--criterion", "vtlm_loss", "--optimizer", "adam", "--lr", "1e-3",
+        "--batch-size", "16", "--max-update", "10", "--cpu", "--seed", "7", "--save-dir", save,
+        "--disable-validation",
+    ])  # fmt: skip
+    return save / "checkpoint_last.pt"

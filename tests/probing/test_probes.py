@@ -1,22 +1,16 @@
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from tests.test_fairseq_train import records, run, train_args
 from vtlm_fairseq.cli import probe
 from vtlm_fairseq.probing.masked_words import SpanMaskedDataset, ambiguous_word_spans, normalise, word_spans
 from vtlm_fairseq.toy_world import read_annotations
 
 
 @pytest.fixture(scope="module")
-def checkpoint(toy_data, tmp_path_factory):
-    save = tmp_path_factory.mktemp("probe_ckpt")
-    log = run(train_args(toy_data) + ["--batch-size", "16", "--max-update", "10", "--save-dir", str(save),
-                                      "--disable-validation"])  # fmt: skip
-    assert len(records(log)) == 10
-    return save / "checkpoint_last.pt"
+def checkpoint(vtlm_checkpoint):
+    return vtlm_checkpoint
 
 
 def test_word_spans_join_bpe_pieces():

@@ -9,9 +9,34 @@ import torch
 from fairseq.data import FairseqDataset
 
 from .corpus import read_order_file
-from .feature_store import FeatureStore
+from .feature_store import FeatureStore, RegionFeatures
 
 logger = logging.getLogger(__name__)
+
+
+def region_item(regions: RegionFeatures, slots: int) -> dict:
+    """One image's regions as float32 tensors padded to ``slots`` rows, with
+    ``mask`` True for real regions."""
+    n = len(regions)
+    features = torch.zeros(slots, regions.features.shape[1])
+    features[:n] = torch.from_numpy(regions.features.astype(np.float32))
+    boxes = torch.zeros(slots, 4)
+    boxes[:n] = torch.from_numpy(regions.boxes.astype(np.float32))
+    classes = torch.zeros(slots, dtype=torch.long)
+    classes[:n] = torch.from_numpy(regions.classes.astype(np.int64))
+    scores = torch.zeros(slots)
+    scores[:n] = torch.from_numpy(regions.scores.astype(np.float32))
+    mask = torch.zeros(slots, dtype=torch.bool)
+    mask[:n] = True
+    return {"features": features, "boxes": boxes, "classes": classes, "scores": scores, "mask": mask}
+
+
+def collate_regions(samples) -> dict:
+    """Stacks items, trimmed to the most regions any item of the batch has."""
+    if not samples:
+        return {}
+    width = max(int(s["mask"].sum()) for s in samples)
+    return {key: torch.stack([s[key][:width] for s in samples]) for key in samples[0]}
 
 
 class RegionFeatureDataset(FairseqDataset):
@@ -79,35 +104,10 @@ class RegionFeatureDataset(FairseqDataset):
                 f"sentence pair {index} has no image ('{self.image_names[index]}' is "
                 f"not in {self.store.path}); it should have been dropped"
             )
-        regions = self.store.read_row(row)
-        R = self.store.num_regions
-        n = len(regions)
-        features = torch.zeros(R, self.store.feature_dim)
-        features[:n] = torch.from_numpy(regions.features.astype(np.float32))
-        boxes = torch.zeros(R, 4)
-        boxes[:n] = torch.from_numpy(regions.boxes)
-        classes = torch.zeros(R, dtype=torch.long)
-        classes[:n] = torch.from_numpy(regions.classes.astype(np.int64))
-        scores = torch.zeros(R)
-        scores[:n] = torch.from_numpy(regions.scores)
-        mask = torch.zeros(R, dtype=torch.bool)
-        mask[:n] = True
-        return {
-            "features": features,
-            "boxes": boxes,
-            "classes": classes,
-            "scores": scores,
-            "mask": mask,
-        }
+        return region_item(self.store.read_row(row), self.store.num_regions)
 
     def collater(self, samples):
-        """Stacks items, trimmed to the most regions any item of the batch has."""
-        if not samples:
-            return {}
-        width = max(int(s["mask"].sum()) for s in samples)
-        return {
-            key: torch.stack([s[key][:width] for s in samples]) for key in samples[0]
-        }
+        return collate_regions(samples)
 
     def num_tokens(self, index):
         return self.store.num_regions
