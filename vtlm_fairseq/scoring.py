@@ -57,7 +57,8 @@ def score(
     bleu = sacrebleu.metrics.BLEU(lowercase=lowercase)
     detok_bleu = bleu.corpus_score(detokenised, [list(references)])
     paper = MosesPipeline(lang, lowercase=True, strip_accents=True)
-    tok_bleu = sacrebleu.metrics.BLEU(tokenize="none").corpus_score(
+    # tokenised on purpose: force=True keeps sacreBLEU from warning about it
+    tok_bleu = sacrebleu.metrics.BLEU(tokenize="none", force=True).corpus_score(
         [paper(h) if h.strip() else "" for h in tokenised], [[paper(r) for r in references]]
     )
     chrf = sacrebleu.metrics.CHRF(lowercase=lowercase)

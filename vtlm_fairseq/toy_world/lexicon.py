@@ -77,6 +77,17 @@ AMBIGUOUS: Dict[str, List[Noun]] = {
     "cup": [Noun("cup", "Tasse", "f", "Coffee cup"), Noun("cup", "Messbecher", "m", "Measuring cup")],
     "ball": [Noun("ball", "Fußball", "m", "Football"), Noun("ball", "Tennisball", "m", "Tennis ball")],
     "light": [Noun("light", "Ampel", "f", "Traffic light"), Noun("light", "Lampe", "f", "Lamp")],
+    # senses of one gender: neither article nor adjective gives them away
+    "board": [Noun("board", "Surfbrett", "n", "Surfboard"), Noun("board", "Schneidebrett", "n", "Cutting board")],
+    "hat": [Noun("hat", "Cowboyhut", "m", "Cowboy hat"), Noun("hat", "Sonnenhut", "m", "Sun hat")],
+    "table": [
+        Noun("table", "Couchtisch", "m", "Coffee table"),
+        Noun("table", "Billardtisch", "m", "Billiard table"),
+    ],
+    "racket": [
+        Noun("racket", "Tennisschläger", "m", "Tennis racket"),
+        Noun("racket", "Tischtennisschläger", "m", "Table tennis racket"),
+    ],
 }
 
 PEOPLE: List[Noun] = [

@@ -33,7 +33,7 @@ class ToyWorldConfig:
     num_regions: int = 36
     feature_dim: int = 1536
     dtype: str = "float16"
-    ambiguous_rate: float = 0.35
+    ambiguous_rate: float = 0.5
     feature_noise: float = 0.5
 
     def pairs(self, split: str) -> int:

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# CPU budget run on real Multi30k text (not a CI test): NMT with our
+# multimodal_translation task (no images) vs fairseq's built-in translation
+# task, same architecture (vtlm_translation_tiny), data, updates and seed; and
+# NMT fine-tuned from a TLM pre-trained on the same text for as many updates.
+# test_2016_flickr is decoded with beam 5 and scored with vtlm-score.
+#
+#   benchmarks/multi30k_nmt.sh [WORK] [UPDATES]     (defaults: work_dirs/multi30k 1500)
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${1:-work_dirs/multi30k}"
+UPDATES="${2:-1500}"
+SHARED="${VTLM_SHARED:-$ROOT/../shared}"
+DATA="$WORK/data-bin"
+mkdir -p "$WORK/results"
+if [ ! -f "$DATA/prepare.json" ]; then
+    vtlm-prepare "$SHARED/data/multi30k/raw" "$DATA" --image-splits "$SHARED/data/multi30k/image_splits"
+fi
+COMMON=(--arch vtlm_translation_tiny --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+        --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 400
+        --dropout 0.3 --clip-norm 5 --batch-size 64 --max-update "$UPDATES" --cpu --num-workers 1
+        --log-interval 100 --no-epoch-checkpoints --seed 1 --disable-validation)
+
+train() {  # name, args...
+    local name="$1"; shift
+    [ -f "$WORK/$name/checkpoint_last.pt" ] && return
+    local start=$SECONDS
+    fairseq-train "$DATA" "$@" --save-dir "$WORK/$name" 2>&1 | tee "$WORK/$name.log" | grep -E "\| train \|"
+    echo "$name: $((SECONDS - start)) s" | tee -a "$WORK/results/times.txt"
+}
+translate() {  # name, task args...
+    local name="$1"; shift
+    fairseq-generate "$DATA" "$@" --path "$WORK/$name/checkpoint_last.pt" --gen-subset test_2016_flickr \
+        --beam 5 --max-len-a 1.5 --max-len-b 10 --batch-size 128 --cpu > "$WORK/results/$name.gen.txt"
+    vtlm-score --hyp "$WORK/results/$name.gen.txt" --ref "$SHARED/data/multi30k/raw/test_2016_flickr.de.gz" \
+        --json "$WORK/results/$name.score.json" > /dev/null
+}
+
+train fairseq_translation --user-dir "$ROOT/vtlm_fairseq" --task translation -s en -t de "${COMMON[@]}"
+translate fairseq_translation --user-dir "$ROOT/vtlm_fairseq" --task translation -s en -t de
+train ours_nmt --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation "${COMMON[@]}"
+translate ours_nmt --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation
+train tlm --user-dir "$ROOT/vtlm_fairseq" --task tlm --arch vtlm_tiny --criterion vtlm_loss \
+    --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 400 \
+    --clip-norm 5 --batch-size 64 --max-update "$UPDATES" --cpu --num-workers 1 --log-interval 100 \
+    --no-epoch-checkpoints --seed 1 --disable-validation
+train ours_nmt_from_tlm --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation "${COMMON[@]}" \
+    --pretrained-checkpoint "$WORK/tlm/checkpoint_last.pt"
+translate ours_nmt_from_tlm --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation
+
+python - "$WORK/results" "$UPDATES" <<'PY'
+import json, sys
+from pathlib import Path
+res = Path(sys.argv[1])
+print(f"\n## Multi30k En-De test_2016_flickr, vtlm_translation_tiny, {sys.argv[2]} updates of 64 pairs, beam 5\n")
+print("| system | BLEU (detok) | BLEU (tok, lc) | chrF |")
+print("|---|---|---|---|")
+for name, label in [("fairseq_translation", "fairseq `translation` task"),
+                    ("ours_nmt", "our `multimodal_translation`, no images"),
+                    ("ours_nmt_from_tlm", "ours, fine-tuned from TLM")]:
+    s = json.loads((res / f"{name}.score.json").read_text())
+    print(f"| {label} | {s['bleu_detok']:.2f} | {s['bleu_tok_lc']:.2f} | {s['chrf']:.2f} |")
+print("\nsignature:", s["bleu_detok_signature"])
+PY
