@@ -2,7 +2,7 @@
 split's order file (line i = image of sentence pair i)."""
 
 import logging
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch

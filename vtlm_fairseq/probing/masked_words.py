@@ -3,7 +3,7 @@ BPE pieces) of the source and/or target half and measure how often the model
 restores them, with the correct or with incongruent images."""
 
 import logging
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

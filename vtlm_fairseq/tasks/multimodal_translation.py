@@ -6,38 +6,27 @@ import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from fairseq import utils
 from fairseq.data import Dictionary, PrependTokenDataset, data_utils
-from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..data.feature_store import FeatureStore
 from ..data.multimodal_pair_dataset import IndexSubsetDataset, MultimodalPairDataset
 from ..data.region_dataset import RegionFeatureDataset
+from ..data.splits import load_pair_text, load_split_regions, split_data_path
 from ..languages import language_ids
-from .visual_translation_lm import IMAGE_ORDERS
+from .image_options import ImageOptions
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MultimodalTranslationConfig(TranslationConfig):
-    region_features: Optional[str] = field(
-        default=None, metadata={"help": "HDF5 region-feature store; none: text-only NMT"}
-    )
-    missing_images: ChoiceEnum(["fail", "drop"]) = field(
-        default="fail",
-        metadata={"help": "images absent from the store: fail, or drop those pairs (with a count)"},
-    )
-    image_order: IMAGE_ORDERS = field(
-        default="aligned",
-        metadata={"help": "shuffled/reversed: incongruent images (for probes and controls)"},
-    )
-    image_order_seed: int = field(default=1, metadata={"help": "seed of the shuffled image order"})
+class MultimodalTranslationConfig(TranslationConfig, ImageOptions):
+    """Without --region-features: text-only NMT on the same code path."""
+
     left_pad_source: bool = field(default=False, metadata={"help": "pad the source on the left"})
     sort_eval_by_length: bool = field(
         default=False,
@@ -82,21 +71,12 @@ class MultimodalTranslationTask(TranslationTask):
         return self.store.feature_dim if self.store is not None else None
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
-        paths = utils.split_paths(self.cfg.data)
-        data_path = paths[(epoch - 1) % len(paths)]
-        src, tgt = self.cfg.source_lang, self.cfg.target_lang
-        texts = {}
-        for lang in (src, tgt):
-            candidates = [os.path.join(data_path, f"{split}.{a}-{b}.{lang}") for a, b in ((src, tgt), (tgt, src))]
-            prefix = next((p for p in candidates if os.path.exists(p + ".idx")), None)
-            if prefix is None:
-                raise FileNotFoundError(f"{candidates[0]}.{{bin,idx}}: split '{split}' not found in {data_path}")
-            texts[lang] = data_utils.load_indexed_dataset(prefix, self.src_dict)
-        regions, pair_indices = self._load_regions(split, data_path, len(texts[src]))
+        data_path = split_data_path(self.cfg.data, epoch)
+        src_text, target = load_pair_text(data_path, split, self.cfg.source_lang, self.cfg.target_lang, self.src_dict)
+        regions, pair_indices = load_split_regions(self.store, data_path, split, len(src_text), self.cfg)
         # the reference's source is "</s> src </s>"
-        source = PrependTokenDataset(texts[src], self.src_dict.eos())
-        target = texts[tgt]
-        if pair_indices is not None and len(pair_indices) < len(texts[src]):
+        source = PrependTokenDataset(src_text, self.src_dict.eos())
+        if pair_indices is not None and len(pair_indices) < len(src_text):
             source, target = IndexSubsetDataset(source, pair_indices), IndexSubsetDataset(target, pair_indices)
         training = split == self.cfg.train_subset
         self.datasets[split] = MultimodalPairDataset(
@@ -112,18 +92,6 @@ class MultimodalTranslationTask(TranslationTask):
             "%s %s: %d sentence pairs%s", data_path, split, len(self.datasets[split]),
             f" with images ({self.cfg.image_order})" if regions is not None else "",
         )  # fmt: skip
-
-    def _load_regions(self, split, data_path, num_pairs):
-        if self.store is None:
-            return None, None
-        order = os.path.join(data_path, f"{split}.order")
-        if not os.path.isfile(order):
-            raise FileNotFoundError(f"{order}: no image order file for split '{split}'")
-        regions = RegionFeatureDataset.from_order_file(self.store, order, missing=self.cfg.missing_images)
-        if len(regions) != num_pairs:
-            raise ValueError(f"{order}: {len(regions)} lines for {num_pairs} sentence pairs")
-        regions.reorder_images(self.cfg.image_order, self.cfg.image_order_seed)
-        return regions, regions.kept_indices
 
     # -- fairseq-interactive --
     # Each input line is "IMAGE_NAME<TAB>sentence". fairseq-interactive keeps

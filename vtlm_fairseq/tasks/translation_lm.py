@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from typing import List
 
 from fairseq import utils
-from fairseq.data import Dictionary, data_utils
+from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
+from ..data.splits import load_pair_text, split_data_path
 from ..data.tlm_dataset import MaskingSettings, TLMDataset
 from ..languages import IMG_LANG, language_ids
 
@@ -72,21 +73,6 @@ class TranslationLMTaskBase(FairseqTask):
 
     region_feature_dim = None  # no regions: the model builds no region layers
 
-    def load_text(self, split, epoch):
-        paths = utils.split_paths(self.cfg.data)
-        data_path = paths[(epoch - 1) % len(paths)]
-        src, tgt = self.cfg.source_lang, self.cfg.target_lang
-        texts = {}
-        for lang in (src, tgt):
-            candidates = [os.path.join(data_path, f"{split}.{a}-{b}.{lang}") for a, b in ((src, tgt), (tgt, src))]
-            for prefix in candidates:
-                if os.path.exists(prefix + ".idx"):
-                    texts[lang] = data_utils.load_indexed_dataset(prefix, self.dictionary)
-                    break
-            else:
-                raise FileNotFoundError(f"{candidates[0]}.{{bin,idx}}: split '{split}' not found in {data_path}")
-        return data_path, texts[src], texts[tgt]
-
     def masking_settings(self, training: bool) -> MaskingSettings:
         return MaskingSettings(
             text_prob=self.cfg.mask_prob,
@@ -100,7 +86,8 @@ class TranslationLMTaskBase(FairseqTask):
         return None, None
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
-        data_path, src, tgt = self.load_text(split, epoch)
+        data_path = split_data_path(self.cfg.data, epoch)
+        src, tgt = load_pair_text(data_path, split, self.cfg.source_lang, self.cfg.target_lang, self.dictionary)
         regions, pair_indices = self.load_regions(split, data_path, len(src))
         training = split == self.cfg.train_subset
         self.datasets[split] = TLMDataset(

@@ -4,30 +4,21 @@ regions, prepended to the pair, with masked region classification."""
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..data.feature_store import FeatureStore
-from ..data.region_dataset import RegionFeatureDataset
+from ..data.splits import load_split_regions
 from ..data.tlm_dataset import MaskingSettings
+from .image_options import ImageOptions
 from .translation_lm import TranslationLMConfig, TranslationLMTaskBase
 
 logger = logging.getLogger(__name__)
 
-IMAGE_ORDERS = ChoiceEnum(["aligned", "shuffled", "reversed"])
-
-
 @dataclass
-class VisualTranslationLMConfig(TranslationLMConfig):
-    region_features: Optional[str] = field(
-        default=None, metadata={"help": "HDF5 region-feature store (default: DATA/features.h5)"}
-    )
-    missing_images: ChoiceEnum(["fail", "drop"]) = field(
-        default="fail",
-        metadata={"help": "images absent from the store: fail, or drop those pairs (with a count)"},
-    )
+class VisualTranslationLMConfig(TranslationLMConfig, ImageOptions):
     region_mask_prob: float = field(
         default=0.15, metadata={"help": "share of regions to classify (0 turns MRC off)"}
     )
@@ -43,11 +34,6 @@ class VisualTranslationLMConfig(TranslationLMConfig):
         default=False,
         metadata={"help": "the paper's '0%% visual masking': classify regions whose inputs are never masked"},
     )
-    image_order: IMAGE_ORDERS = field(
-        default="aligned",
-        metadata={"help": "shuffled/reversed: pair sentences with other images (the image-blind control)"},
-    )
-    image_order_seed: int = field(default=1, metadata={"help": "seed of the shuffled image order"})
     valid_region_mask_prob: float = field(
         default=0.0,
         metadata={"help": "regions classified in validation (the reference: 0, images unmasked)"},
@@ -60,6 +46,7 @@ class VisualTranslationLMTask(TranslationLMTaskBase):
 
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
+        # the store: --region-features, else DATA/features.h5
         path = cfg.region_features or os.path.join(cfg.data.split(":")[0], "features.h5")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no region-feature store (give --region-features)")
@@ -86,16 +73,7 @@ class VisualTranslationLMTask(TranslationLMTaskBase):
         return settings
 
     def load_regions(self, split, data_path, num_pairs):
-        order = os.path.join(data_path, f"{split}.order")
-        if not os.path.isfile(order):
-            raise FileNotFoundError(f"{order}: no image order file for split '{split}'")
-        regions = RegionFeatureDataset.from_order_file(self.store, order, missing=self.cfg.missing_images)
-        if len(regions) != num_pairs:
-            raise ValueError(f"{order}: {len(regions)} lines for {num_pairs} sentence pairs")
-        regions.reorder_images(self.cfg.image_order, self.cfg.image_order_seed)
-        if self.cfg.image_order != "aligned":
-            logger.info("%s: images in %s order (seed %d)", split, self.cfg.image_order, self.cfg.image_order_seed)
-        return regions, regions.kept_indices
+        return load_split_regions(self.store, data_path, split, num_pairs, self.cfg)
 
 
 @register_task("visual_tlm", dataclass=VisualTranslationLMConfig)
