@@ -42,15 +42,15 @@ if [ ! -f "$WORK/vtlm/checkpoint_last.pt" ]; then
         --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 300 \
         --clip-norm 5 --batch-size 64 --max-update "$PRETRAIN_UPDATES" --mask-prob "${MASK_PROB:-0.15}" \
         --cpu --num-workers 1 --log-interval 100 --no-epoch-checkpoints --save-dir "$WORK/vtlm" \
-        --seed 1 2>&1 | tee "$WORK/vtlm.log" | grep -E "\| (train_inner|valid) \|"
+        --seed 1 2>&1 | tee "$WORK/vtlm.log" | { grep -E "\| (train_inner|valid) \|" || true; }
 fi
 
 stage "4/7 probes of the pre-trained VTLM"
 vtlm-probe regions "$WORK/vtlm/checkpoint_last.pt" --data "$DATA" --region-features "$FEATURES" \
-    --json "$WORK/results/probe_regions.json" | grep '^{'
+    --json "$WORK/results/probe_regions.json" | { grep '^{' || true; }
 vtlm-probe ambiguous "$WORK/vtlm/checkpoint_last.pt" --data "$DATA" --region-features "$FEATURES" \
     --annotations "$WORLD/ambiguity/valid.jsonl" --seeds 1 2 3 \
-    --json "$WORK/results/probe_ambiguous.json" | grep '^{'
+    --json "$WORK/results/probe_ambiguous.json" | { grep '^{' || true; }
 
 finetune() {  # name, extra args
     local name="$1"; shift
@@ -61,7 +61,7 @@ finetune() {  # name, extra args
             --optimizer adam --adam-betas '(0.9, 0.98)' --lr 5e-4 --lr-scheduler inverse_sqrt --warmup-updates 100 \
             --dropout 0.2 --clip-norm 5 --batch-size 64 --max-update "$FINETUNE_UPDATES" \
             --cpu --num-workers 1 --log-interval 100 --no-epoch-checkpoints --save-dir "$WORK/$name" \
-            --seed 1 2>&1 | tee "$WORK/$name.log" | grep -E "\| (train_inner|valid) \||initialised from"
+            --seed 1 2>&1 | tee "$WORK/$name.log" | { grep -E "\| (train_inner|valid) \||initialised from" || true; }
     fi
 }
 stage "5/7 MMT fine-tuning from VTLM ($FINETUNE_UPDATES updates)"

@@ -10,7 +10,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from .batching import KeepAllBatchesMixin
-from .masking import KEEP, MASK, NOT_SELECTED, RANDOM, categories, check_probs, mask_text, select, swap_sources
+from .masking import MASK, NOT_SELECTED, categories, check_probs, mask_text, select, swap_sources
 from .region_dataset import RegionFeatureDataset
 
 
@@ -198,6 +198,3 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
             "region_masked_input": masked if self.masking.region_mask_type == "mask" else torch.zeros_like(masked),
             "_region_target": target,
         }
-
-
-__all__ = ["TLMDataset", "MaskingSettings", "MASK", "KEEP", "RANDOM"]
