@@ -140,3 +140,13 @@ def test_missing_images_drop_policy(toy_data, tmp_path):
     rows = FeatureStore(store).index
     assert torch.equal(batch["net_input"]["region_mask"].sum(1) > 0, torch.ones(4, dtype=torch.bool))
     assert rows[order[3]] == ds.regions.rows[ds.pair_indices[2]]
+
+
+def test_validate_scores_every_pair(toy_data, mmt):
+    data, store, _ = toy_data
+    log = run_fairseq("fairseq-validate", [data, *USER_DIR, "--task", "multimodal_translation",
+                      "--region-features", store, "--path", mmt, "--valid-subset", "valid,test",
+                      "--batch-size", "8", "--cpu"])  # fmt: skip
+    # 37 and 21 pairs, batches of 8: the remainder batches count too
+    assert re.search(r"valid on 'valid' subset .*\| bsz 37\b", log)
+    assert re.search(r"valid on 'test' subset .*\| bsz 21\b", log)
