@@ -5,11 +5,14 @@
 # NMT fine-tuned from a TLM pre-trained on the same text for as many updates.
 # test_2016_flickr is decoded with beam 5 and scored with vtlm-score.
 #
-#   benchmarks/multi30k_nmt.sh [WORK] [UPDATES]     (defaults: work_dirs/multi30k 1500)
+#   benchmarks/multi30k_nmt.sh [WORK] [UPDATES] [SEED]   (defaults: work_dirs/multi30k 1500 1)
+# Several seeds: one WORK folder per seed (the data-bin is prepared in each);
+# SKIP_TLM=1 runs the two from-scratch systems only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-work_dirs/multi30k}"
 UPDATES="${2:-1500}"
+SEED="${3:-1}"
 SHARED="${VTLM_SHARED:-$ROOT/../shared}"
 DATA="$WORK/data-bin"
 mkdir -p "$WORK/results"
@@ -19,7 +22,7 @@ fi
 COMMON=(--arch vtlm_translation_tiny --criterion label_smoothed_cross_entropy --label-smoothing 0.1
         --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 400
         --dropout 0.3 --clip-norm 5 --batch-size 64 --max-update "$UPDATES" --cpu --num-workers 1
-        --log-interval 100 --no-epoch-checkpoints --seed 1 --disable-validation)
+        --log-interval 100 --no-epoch-checkpoints --seed "$SEED" --disable-validation)
 
 train() {  # name, args...
     local name="$1"; shift
@@ -40,25 +43,31 @@ train fairseq_translation --user-dir "$ROOT/vtlm_fairseq" --task translation -s 
 translate fairseq_translation --user-dir "$ROOT/vtlm_fairseq" --task translation -s en -t de
 train ours_nmt --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation "${COMMON[@]}"
 translate ours_nmt --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation
+if [ "${SKIP_TLM:-0}" != 1 ]; then
 train tlm --user-dir "$ROOT/vtlm_fairseq" --task tlm --arch vtlm_tiny --criterion vtlm_loss \
     --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 400 \
     --clip-norm 5 --batch-size 64 --max-update "$UPDATES" --cpu --num-workers 1 --log-interval 100 \
-    --no-epoch-checkpoints --seed 1 --disable-validation
+    --no-epoch-checkpoints --seed "$SEED" --disable-validation
 train ours_nmt_from_tlm --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation "${COMMON[@]}" \
     --pretrained-checkpoint "$WORK/tlm/checkpoint_last.pt"
 translate ours_nmt_from_tlm --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation
+fi
 
-python - "$WORK/results" "$UPDATES" <<'PY'
+python - "$WORK/results" "$UPDATES" "$SEED" <<'PY'
 import json, sys
 from pathlib import Path
 res = Path(sys.argv[1])
-print(f"\n## Multi30k En-De test_2016_flickr, vtlm_translation_tiny, {sys.argv[2]} updates of 64 pairs, beam 5\n")
+print(f"\n## Multi30k En-De test_2016_flickr, vtlm_translation_tiny, {sys.argv[2]} updates of 64 pairs, "
+      f"seed {sys.argv[3]}, beam 5\n")
 print("| system | BLEU (detok) | BLEU (tok, lc) | chrF |")
 print("|---|---|---|---|")
 for name, label in [("fairseq_translation", "fairseq `translation` task"),
                     ("ours_nmt", "our `multimodal_translation`, no images"),
                     ("ours_nmt_from_tlm", "ours, fine-tuned from TLM")]:
-    s = json.loads((res / f"{name}.score.json").read_text())
+    path = res / f"{name}.score.json"
+    if not path.exists():
+        continue
+    s = json.loads(path.read_text())
     print(f"| {label} | {s['bleu_detok']:.2f} | {s['bleu_tok_lc']:.2f} | {s['chrf']:.2f} |")
 print("\nsignature:", s["bleu_detok_signature"])
 PY
