@@ -4,7 +4,7 @@
 # it, translate the test set (MMT also with shuffled images), score, and
 # print a results table. Each stage reuses its output when it exists.
 #
-#   WORK=work_dirs/toy PRETRAIN_UPDATES=1200 FINETUNE_UPDATES=600 examples/toy_world/run.sh
+#   WORK=work_dirs/toy PRETRAIN_UPDATES=1200 FINETUNE_UPDATES=1000 examples/toy_world/run.sh
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -13,7 +13,7 @@ WORLD="$WORK/world"
 DATA="$WORK/data-bin"
 FEATURES="$WORLD/features.h5"
 PRETRAIN_UPDATES="${PRETRAIN_UPDATES:-1200}"
-FINETUNE_UPDATES="${FINETUNE_UPDATES:-600}"
+FINETUNE_UPDATES="${FINETUNE_UPDATES:-1000}"
 USER_DIR="$ROOT/vtlm_fairseq"
 mkdir -p "$WORK/results"
 stage() { echo; echo "[toy] $(date +%H:%M:%S) $*"; }
