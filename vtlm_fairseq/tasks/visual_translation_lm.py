@@ -3,7 +3,7 @@ regions, prepended to the pair, with masked region classification."""
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List
 
 from fairseq.dataclass import ChoiceEnum
@@ -16,6 +16,7 @@ from .image_options import ImageOptions
 from .translation_lm import TranslationLMConfig, TranslationLMTaskBase
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class VisualTranslationLMConfig(TranslationLMConfig, ImageOptions):
@@ -61,16 +62,17 @@ class VisualTranslationLMTask(TranslationLMTaskBase):
         return self.store.feature_dim
 
     def masking_settings(self, training: bool) -> MaskingSettings:
-        settings = super().masking_settings(training)
-        settings.region_mask_type = self.cfg.region_mask_type
         if training:
-            settings.region_prob = self.cfg.region_mask_prob
-            settings.region_probs = [0.0, 1.0, 0.0] if self.cfg.mrc_unmasked_inputs else self.cfg.region_mask_probs
-        else:
-            settings.region_prob = self.cfg.valid_region_mask_prob
-            settings.region_probs = [1.0, 0.0, 0.0]
-        settings.__post_init__()
-        return settings
+            prob = self.cfg.region_mask_prob
+            probs = [0.0, 1.0, 0.0] if self.cfg.mrc_unmasked_inputs else self.cfg.region_mask_probs
+        else:  # validation: masked inputs only, like the text
+            prob, probs = self.cfg.valid_region_mask_prob, [1.0, 0.0, 0.0]
+        return replace(
+            super().masking_settings(training),
+            region_prob=prob,
+            region_probs=probs,
+            region_mask_type=self.cfg.region_mask_type,
+        )
 
     def load_regions(self, split, data_path, num_pairs):
         return load_split_regions(self.store, data_path, split, num_pairs, self.cfg)
