@@ -47,7 +47,8 @@ def test_cross_attention_init_can_be_switched_off(toy_data, vtlm_checkpoint):
 
 
 def test_mismatched_shapes_are_named(toy_data, vtlm_checkpoint):
-    with pytest.raises(ValueError, match=r"'embed_tokens.weight' has shape \(\d+, 32\), 'encoder.embed_tokens.weight' needs"):
+    with pytest.raises(ValueError, match=r"'(text_embedding\.)?embed_tokens\.weight' has shape \(\d+, 32\), "
+                       r"'encoder\.(text_embedding\.)?embed_tokens\.weight' needs \(\d+, 48\)"):
         build(toy_data, "--pretrained-checkpoint", str(vtlm_checkpoint), "--encoder-embed-dim", "48")
 
 

@@ -21,7 +21,7 @@ from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.utils import safe_getattr
 
 from ..languages import IMG_LANG
-from ..modules.embeddings import RegionEmbedding, TextEmbedding, init_embedding
+from ..modules.embeddings import RegionEmbedding, TextEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -64,13 +64,11 @@ class VTLMEncoder(FairseqEncoder):
         self.padding_idx = dictionary.pad()
         self.mask_idx = mask_idx
         self.max_positions_ = cfg.max_positions
-        self.embed_tokens = nn.Embedding(len(dictionary), dim, self.padding_idx)
-        init_embedding(self.embed_tokens, dim, self.padding_idx)
-        self.embed_langs = nn.Embedding(num_langs, dim)
-        init_embedding(self.embed_langs, dim)
-        self.text_embedding = TextEmbedding(
-            self.embed_tokens, self.embed_langs, cfg.max_positions, cfg.dropout, cfg.layer_norm_eps
+        self.text_embedding = TextEmbedding.build(
+            len(dictionary), num_langs, dim, self.padding_idx, cfg.max_positions, cfg.dropout, cfg.layer_norm_eps
         )
+        self.embed_tokens = self.text_embedding.embed_tokens
+        self.embed_langs = self.text_embedding.embed_langs
         # TLM (no feature store) builds no region layers: no dead parameters
         self.region_embedding = None
         self.region_classifier = None

@@ -22,7 +22,7 @@ from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from fairseq.utils import safe_getattr
 
 from ..languages import IMG_LANG, language_ids
-from ..modules.embeddings import TextEmbedding, init_embedding
+from ..modules.embeddings import TextEmbedding
 from .vtlm import VTLMConfig, VTLMEncoder, layer_config, set_layer_norm_eps, vtlm_base
 
 logger = logging.getLogger(__name__)
@@ -97,13 +97,11 @@ class TranslationDecoder(FairseqIncrementalDecoder):
         self.padding_idx = dictionary.pad()
         self.tgt_lang = lang_ids[target_lang]
         self.max_positions_ = cfg.max_positions
-        self.embed_tokens = nn.Embedding(len(dictionary), dim, self.padding_idx)
-        init_embedding(self.embed_tokens, dim, self.padding_idx)
-        self.embed_langs = nn.Embedding(len(lang_ids), dim)
-        init_embedding(self.embed_langs, dim)
-        self.text_embedding = TextEmbedding(
-            self.embed_tokens, self.embed_langs, cfg.max_positions, cfg.dropout, cfg.layer_norm_eps
+        self.text_embedding = TextEmbedding.build(
+            len(dictionary), len(lang_ids), dim, self.padding_idx, cfg.max_positions, cfg.dropout, cfg.layer_norm_eps
         )
+        self.embed_tokens = self.text_embedding.embed_tokens
+        self.embed_langs = self.text_embedding.embed_langs
         tc = layer_config(cfg)
         self.layers = nn.ModuleList([TransformerDecoderLayerBase(tc) for _ in range(cfg.decoder_layers)])
         set_layer_norm_eps(self.layers, cfg.layer_norm_eps)

@@ -39,6 +39,15 @@ class TextEmbedding(nn.Module):
         self.layer_norm = LayerNorm(dim, eps=layer_norm_eps)
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
 
+    @classmethod
+    def build(cls, vocab_size, num_langs, dim, padding_idx, max_positions, dropout, layer_norm_eps):
+        """With fresh token and language embeddings (normal, std dim^-0.5)."""
+        embed_tokens = nn.Embedding(vocab_size, dim, padding_idx)
+        init_embedding(embed_tokens, dim, padding_idx)
+        embed_langs = nn.Embedding(num_langs, dim)
+        init_embedding(embed_langs, dim)
+        return cls(embed_tokens, embed_langs, max_positions, dropout, layer_norm_eps)
+
     def forward(self, tokens, langs, positions):
         x = self.embed_tokens(tokens) + self.embed_positions(tokens, positions=positions)
         x = x + self.embed_langs(langs)
