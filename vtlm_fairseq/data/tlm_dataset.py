@@ -114,9 +114,10 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
     def supports_prefetch(self):
         return False
 
-    def _rng(self, pair):
+    def _rng(self, *key: int) -> np.random.Generator:
+        """A generator seeded by (seed, epoch, *key); epoch 0 when deterministic."""
         epoch = 0 if self.deterministic else self.epoch
-        return np.random.default_rng([self.seed, epoch, int(pair)])
+        return np.random.default_rng([self.seed, epoch, *map(int, key)])
 
     def __getitem__(self, index):
         pair = int(self.pair_indices[index])
@@ -168,8 +169,8 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         }
         batch["ntokens"] = int(source.ne(pad).sum())
         if self.regions is not None:
-            batch["net_input"].update(self._collate_regions(samples, ids))
-            batch["region_target"] = batch["net_input"].pop("_region_target")
+            region_input, batch["region_target"] = self._collate_regions(samples, ids)
+            batch["net_input"].update(region_input)
         return batch
 
     def _collate_regions(self, samples, ids):
@@ -180,8 +181,7 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         cat = category.numpy()
         # RANDOM regions take the feature of a random real region of the batch,
         # drawn from a generator seeded by the batch's first pair
-        epoch = 0 if self.deterministic else self.epoch
-        rng = np.random.default_rng([self.seed, epoch, int(self.pair_indices[int(ids[0])]), 1])
+        rng = self._rng(self.pair_indices[int(ids[0])], 1)
         sources = torch.from_numpy(swap_sources(rng, cat, regions["mask"].numpy()))
         swap = sources >= 0
         if swap.any():
@@ -190,11 +190,11 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         masked = category == MASK
         features[masked] = 0.0
         target = torch.where(category != NOT_SELECTED, regions["classes"], -1)
-        return {
+        region_input = {
             "region_features": features,
             "region_boxes": regions["boxes"],  # boxes are never masked
             "region_mask": regions["mask"],
             # projection replaced by the [MASK] embedding (mask type "mask")
             "region_masked_input": masked if self.masking.region_mask_type == "mask" else torch.zeros_like(masked),
-            "_region_target": target,
         }
+        return region_input, target
