@@ -7,15 +7,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, fairseq_command, run_fairseq
 
-FAIRSEQ_TRAIN = str(Path(sys.executable).parent / "fairseq-train")
+FAIRSEQ_TRAIN = fairseq_command("fairseq-train")
 TINY_MODEL = [
     "--arch", "vtlm_tiny", "--encoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
     "--encoder-attention-heads", "2", "--criterion", "vtlm_loss", "--optimizer", "adam",
@@ -31,11 +29,8 @@ def train_args(toy_data, task="visual_tlm"):
     return args
 
 
-def run(args, cwd=None, check=True):
-    proc = subprocess.run([FAIRSEQ_TRAIN] + args, capture_output=True, text=True, cwd=cwd)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fairseq-train failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout + proc.stderr
+def run(args):
+    return run_fairseq("fairseq-train", args)
 
 
 def records(log, kind="train_inner"):

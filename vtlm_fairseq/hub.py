@@ -23,6 +23,7 @@ from sacremoses import MosesDetokenizer
 from .data.bpe import BPEApplier
 from .data.feature_store import RegionFeatures
 from .data.region_dataset import collate_regions, region_item
+from .data.splits import split_data_path
 from .data.tokenization import MosesPipeline
 
 Image = Union[str, RegionFeatures]
@@ -68,7 +69,7 @@ class VTLMTranslator:
             overrides["region_features"] = region_features
         path = os.path.join(model_dir, checkpoint_file)
         models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=overrides)
-        return cls(models, task, data or cfg.task.data.split(":")[0], **kwargs)
+        return cls(models, task, data or split_data_path(cfg.task.data, epoch=1), **kwargs)
 
     def encode(self, sentence: str) -> torch.Tensor:
         """Raw sentence -> ``</s> tokens </s>`` ids, as the task feeds the encoder."""

@@ -10,7 +10,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
 from ..data.feature_store import FeatureStore
-from ..data.splits import load_split_regions
+from ..data.splits import load_split_regions, split_data_path
 from ..data.tlm_dataset import MaskingSettings
 from .image_options import ImageOptions
 from .translation_lm import TranslationLMConfig, TranslationLMTaskBase
@@ -48,7 +48,7 @@ class VisualTranslationLMTask(TranslationLMTaskBase):
     def __init__(self, cfg, dictionary):
         super().__init__(cfg, dictionary)
         # the store: --region-features, else DATA/features.h5
-        path = cfg.region_features or os.path.join(cfg.data.split(":")[0], "features.h5")
+        path = cfg.region_features or os.path.join(split_data_path(cfg.data, epoch=1), "features.h5")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"{path}: no region-feature store (give --region-features)")
         self.store = FeatureStore(path)
