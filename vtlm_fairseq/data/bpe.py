@@ -1,5 +1,8 @@
 """Joint BPE with subword-nmt: learned on the training text of both languages,
-applied to every split."""
+applied to every split. Codes in fastBPE's format (``left right count`` per
+line, as the reference's ``bpe50k.codes``) are applied too, with the same
+result as fastBPE: both merge the lowest-ranked pair first and mark a word's
+end by ``</w>`` on its last symbol (subword-nmt's codes version 0.2)."""
 
 import io
 from collections import Counter
@@ -24,10 +27,26 @@ def learn_joint_bpe(corpora: Iterable[Iterable[str]], codes_path, merges: int) -
         learn_bpe(vocab, out, merges, min_frequency=2, is_dict=True)
 
 
+def read_codes(codes_path) -> io.StringIO:
+    """The codes as subword-nmt reads them; fastBPE codes lose their counts
+    and gain the version-0.2 header (without it subword-nmt would treat
+    ``</w>`` as a separate symbol, version 0.1)."""
+    text = Path(codes_path).read_text(encoding="utf-8")
+    first = text.split("\n", 1)[0]
+    if first.startswith("#version") or len(first.split(" ")) != 3:
+        return io.StringIO(text)
+    merges = []
+    for number, line in enumerate(text.rstrip("\n").split("\n"), 1):
+        fields = line.split(" ")
+        if len(fields) != 3 or not fields[2].isdigit():
+            raise ValueError(f"{codes_path}:{number}: not a fastBPE merge ('left right count'): {line!r}")
+        merges.append(f"{fields[0]} {fields[1]}\n")
+    return io.StringIO("#version: 0.2\n" + "".join(merges))
+
+
 class BPEApplier:
     def __init__(self, codes_path, separator: str = "@@"):
-        with open(codes_path, encoding="utf-8") as codes:
-            self._bpe = BPE(codes, separator=separator)
+        self._bpe = BPE(read_codes(codes_path), separator=separator)
 
     def __call__(self, lines: Iterable[str]) -> List[str]:
         return [self._bpe.process_line(line) for line in lines]
