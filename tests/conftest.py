@@ -87,3 +87,34 @@ def vtlm_checkpoint(toy_data, tmp_path_factory):
         "--disable-validation",
     ])  # fmt: skip
     return save / "checkpoint_last.pt"
+
+
+def finetune(toy_data, save, pretrained=None, features=True, updates=10):
+    """MMT (or NMT without features) on the tiny toy world."""
+    data, store, _ = toy_data
+    args = [data, "--user-dir", REPO / "vtlm_fairseq", "--task", "multimodal_translation",
+            "--arch", "vtlm_translation_tiny", *TINY_DIMS, "--criterion", "label_smoothed_cross_entropy",
+            "--optimizer", "adam", "--lr", "1e-3", "--batch-size", "16", "--max-update", updates, "--cpu",
+            "--save-dir", save, "--seed", "3"]  # fmt: skip
+    if features:
+        args += ["--region-features", store]
+    if pretrained:
+        args += ["--pretrained-checkpoint", pretrained]
+    return run_fairseq("fairseq-train", args)
+
+
+@pytest.fixture(scope="session")
+def mmt_checkpoint(toy_data, vtlm_checkpoint, tmp_path_factory):
+    """A tiny MMT fine-tuned from vtlm_checkpoint for 10 updates."""
+    save = tmp_path_factory.mktemp("mmt")
+    log = finetune(toy_data, save, pretrained=vtlm_checkpoint)
+    assert "initialised from" in log and "| valid |" in log
+    return save / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def nmt_checkpoint(toy_data, tmp_path_factory):
+    """A tiny NMT trained from scratch for 10 updates."""
+    save = tmp_path_factory.mktemp("nmt")
+    finetune(toy_data, save, features=False)
+    return save / "checkpoint_last.pt"

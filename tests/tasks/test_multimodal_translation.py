@@ -3,37 +3,20 @@ import re
 import pytest
 import torch
 
-from tests.conftest import REPO, TINY_DIMS, run_fairseq, setup_fairseq
+from tests.conftest import REPO, run_fairseq, setup_fairseq
 from vtlm_fairseq.data.feature_store import FeatureStore
 
 USER_DIR = ["--user-dir", REPO / "vtlm_fairseq"]
 
 
-def finetune(toy_data, save, pretrained=None, features=True, updates=10):
-    data, store, _ = toy_data
-    args = [data, *USER_DIR, "--task", "multimodal_translation", "--arch", "vtlm_translation_tiny", *TINY_DIMS,
-            "--criterion", "label_smoothed_cross_entropy", "--optimizer", "adam", "--lr", "1e-3",
-            "--batch-size", "16", "--max-update", updates, "--cpu", "--save-dir", save, "--seed", "3"]  # fmt: skip
-    if features:
-        args += ["--region-features", store]
-    if pretrained:
-        args += ["--pretrained-checkpoint", pretrained]
-    return run_fairseq("fairseq-train", args)
+@pytest.fixture(scope="module")
+def mmt(mmt_checkpoint):
+    return mmt_checkpoint
 
 
 @pytest.fixture(scope="module")
-def mmt(toy_data, vtlm_checkpoint, tmp_path_factory):
-    save = tmp_path_factory.mktemp("mmt")
-    log = finetune(toy_data, save, pretrained=vtlm_checkpoint)
-    assert "initialised from" in log and "| valid |" in log
-    return save / "checkpoint_last.pt"
-
-
-@pytest.fixture(scope="module")
-def nmt(toy_data, tmp_path_factory):
-    save = tmp_path_factory.mktemp("nmt")
-    finetune(toy_data, save, features=False)
-    return save / "checkpoint_last.pt"
+def nmt(nmt_checkpoint):
+    return nmt_checkpoint
 
 
 def generate(toy_data, checkpoint, *extra, features=True):

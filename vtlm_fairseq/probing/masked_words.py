@@ -74,17 +74,28 @@ class SpanMaskedDataset(BaseWrapperDataset):
 
 
 def load_pretrained(checkpoint: str, overrides: Optional[dict] = None):
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [checkpoint], arg_overrides=overrides or {}
-    )
+    """(model in eval mode, its task). A ``region_features`` override is
+    dropped for a model without region layers (TLM, NMT), so one set of
+    overrides serves a mix of text-only and visual checkpoints."""
+    overrides = dict(overrides or {})
+    if overrides.get("region_features"):
+        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)["model"]
+        if not any(".region_embedding." in name for name in state):
+            logger.info("%s has no region layers: probing it without images", checkpoint)
+            del overrides["region_features"]
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
     model = models[0].eval()
     return model, task
 
 
 @torch.no_grad()
-def restore_spans(model, task, dataset: SpanMaskedDataset, batch_size: int = 64) -> np.ndarray:
-    """For every span, whether all its pieces were predicted exactly."""
+def restore_spans(model, task, dataset: SpanMaskedDataset, batch_size: int = 64, with_nll: bool = False):
+    """For every span, whether all its pieces were predicted exactly (and,
+    with ``with_nll``, the summed negative log-likelihood and piece count of
+    each span, for perplexities)."""
     correct = np.ones(len(dataset.span_info), dtype=bool)
+    nll = np.zeros(len(dataset.span_info))
+    pieces = np.zeros(len(dataset.span_info), dtype=np.int64)
     itr = task.get_batch_iterator(
         dataset, max_sentences=batch_size, required_batch_size_multiple=8, seed=1
     ).next_epoch_itr(shuffle=False)
@@ -92,13 +103,17 @@ def restore_spans(model, task, dataset: SpanMaskedDataset, batch_size: int = 64)
     for batch in itr:
         masked = batch["target"].ne(dataset.dataset.pad)
         lm_logits, _, _ = model(**batch["net_input"], masked_tokens=masked)
-        right = (lm_logits.argmax(-1) == batch["target"][masked]).numpy()
+        target = batch["target"][masked]
+        right = (lm_logits.argmax(-1) == target).numpy()
         ids = batch["span_ids"][masked].numpy()
         np.logical_and.at(correct, ids, right)
+        token_nll = torch.nn.functional.cross_entropy(lm_logits.float(), target, reduction="none").numpy()
+        np.add.at(nll, ids, token_nll)
+        np.add.at(pieces, ids, 1)
         seen[ids] = True
     if not seen.all():
         raise RuntimeError(f"{int((~seen).sum())} masked spans were never scored")
-    return correct
+    return (correct, nll, pieces) if with_nll else correct
 
 
 def find_phrase(words: List[Tuple[str, int, int]], phrase: Sequence[str]) -> List[Tuple[int, int]]:
@@ -150,10 +165,7 @@ def probe_ambiguous_words(
     rows = []
     for order in image_orders:
         for seed in seeds if order == "shuffled" else seeds[:1]:
-            task.cfg.image_order, task.cfg.image_order_seed = order, seed
-            task.cfg.mask_prob = 0.0
-            if hasattr(task.cfg, "valid_region_mask_prob"):
-                task.cfg.valid_region_mask_prob = 0.0
+            _set_probe_inputs(task, order, seed)
             task.load_dataset(split)
             base = task.dataset(split)
             for condition in conditions:
@@ -168,3 +180,89 @@ def probe_ambiguous_words(
                         row[f"{name}_words"] = int((halves == half).sum())
                 rows.append(row)
     return rows
+
+
+class DropFinalToken(BaseWrapperDataset):
+    """Sentences (ending in ``</s>``) without the token before ``</s>`` where
+    it is ``token``: the last-word probe's captions lose their full stop."""
+
+    def __init__(self, dataset, token: int):
+        super().__init__(dataset)
+        self.token = token
+        self._sizes = np.array([len(self[i]) for i in range(len(dataset))])
+
+    def __getitem__(self, index):
+        item = self.dataset[index]
+        if len(item) >= 2 and int(item[-2]) == self.token:
+            return torch.cat([item[:-2], item[-1:]])
+        return item
+
+    @property
+    def sizes(self):
+        return self._sizes
+
+
+LAST_WORD_CONDITIONS = {"en": (0,), "de": (1,), "both": (0, 1)}
+
+
+def last_word_probe(model, task, split: str, conditions=tuple(LAST_WORD_CONDITIONS),
+                    image_orders=("aligned", "shuffled"), seeds=(1,), full_stop: str = ".",
+                    drop_full_stop: bool = False) -> List[dict]:  # fmt: skip
+    """The paper's probe: the last word of the English half, the German half
+    or both masked (the final full stop never counts as the last word);
+    accuracy (all pieces right) and perplexity (per piece) per condition and
+    image order. The paper also removed the full stop from the input
+    (``drop_full_stop``); a model trained on captions that all end in one
+    then mostly predicts the full stop at the last position, so by default
+    it stays and the word before it is masked."""
+    from ..data.tlm_dataset import TLMDataset
+
+    rows = []
+    dot = task.dictionary.index(full_stop)
+    for order in image_orders:
+        for seed in seeds if order == "shuffled" else seeds[:1]:
+            _set_probe_inputs(task, order, seed)
+            task.load_dataset(split)
+            loaded = task.dataset(split)
+            src, tgt = loaded.src, loaded.tgt
+            if drop_full_stop:
+                src, tgt = DropFinalToken(src, dot), DropFinalToken(tgt, dot)
+            base = TLMDataset(
+                src, tgt, loaded.dictionary,
+                (loaded.src_lang, loaded.tgt_lang, loaded.img_lang), loaded.masking, loaded.mask_idx,
+                regions=loaded.regions, pair_indices=loaded.pair_indices, seed=loaded.seed,
+                shuffle=False, deterministic=True,
+            )  # fmt: skip
+            for condition in conditions:
+                spans: Spans = {}
+                for index in range(len(base)):
+                    pair = int(base.pair_indices[index])
+                    halves = (base.src[pair].tolist(), base.tgt[pair].tolist())
+                    chosen = []
+                    for half in LAST_WORD_CONDITIONS[condition]:
+                        words = [w for w in word_spans(task.dictionary, halves[half]) if w[0] != full_stop]
+                        if words:
+                            chosen.append((half, words[-1][1], words[-1][2]))
+                    if chosen:
+                        spans[index] = chosen
+                dataset = SpanMaskedDataset(base, spans)
+                correct, nll, pieces = restore_spans(model, task, dataset, with_nll=True)
+                halves = np.array([half for _, half in dataset.span_info])
+                row = {"probe": "last_word", "images": order, "seed": seed if order == "shuffled" else None,
+                       "masked": condition}  # fmt: skip
+                for half, name in ((0, "en"), (1, "de")):
+                    chosen = halves == half
+                    if chosen.any():
+                        row[f"{name}_acc"] = round(100.0 * float(correct[chosen].mean()), 2)
+                        row[f"{name}_ppl"] = round(float(np.exp(nll[chosen].sum() / pieces[chosen].sum())), 3)
+                        row[f"{name}_words"] = int(chosen.sum())
+                rows.append(row)
+    return rows
+
+
+def _set_probe_inputs(task, order: str, seed: int) -> None:
+    """No random text masking, images unmasked, in the given image order."""
+    task.cfg.mask_prob = 0.0
+    if hasattr(task.cfg, "image_order"):
+        task.cfg.image_order, task.cfg.image_order_seed = order, seed
+        task.cfg.valid_region_mask_prob = 0.0

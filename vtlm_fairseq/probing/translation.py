@@ -1,0 +1,196 @@
+"""Translation probes of fine-tuned NMT/MMT models (the paper's section on
+entity masking and incongruent decoding): entity words of the test sources
+are replaced by [MASK], by a [MASK] whose embedding is zeroed, or deleted;
+the models translate, and we report BLEU and how often the masked entity's
+German word still appears in the translation. Incongruent decoding gives the
+MMT shuffled or reversed images."""
+
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+from fairseq.data import BaseWrapperDataset
+from fairseq.dataclass.configs import GenerationConfig
+
+from ..data.tokenization import MosesPipeline
+from ..scoring import score
+from .masked_words import normalise, word_spans
+
+logger = logging.getLogger(__name__)
+
+MODES = ("mask", "zero", "delete")
+MULTI30K_WORDS = Path(__file__).resolve().parents[1] / "resources" / "entity_words.en-de.json"
+
+
+@dataclass
+class EntityWords:
+    """Normalised English entity word -> its normalised German equivalents."""
+
+    german: Dict[str, Set[str]]
+
+    @classmethod
+    def load(cls, path=None) -> "EntityWords":
+        """The Multi30k list (default), or a toy world's ``lexicon.json``."""
+        data = json.loads(Path(path or MULTI30K_WORDS).read_text(encoding="utf-8"))
+        german: Dict[str, Set[str]] = {}
+        if "entries" in data:  # the repo's list: {class, en: [...], de: [...]}
+            for entry in data["entries"]:
+                for en in entry["en"]:
+                    german.setdefault(normalise(en), set()).update(normalise(d) for d in entry["de"])
+        elif "nouns" in data:  # toy world lexicon: one entry per sense
+            for noun in data["nouns"]:
+                german.setdefault(normalise(noun["en"]), set()).add(normalise(noun["de"]))
+        else:
+            raise ValueError(f"{path}: neither an entity word list nor a toy world lexicon")
+        return cls(german)
+
+
+class EntityMaskedSource(BaseWrapperDataset):
+    """A translation dataset (items with ``source`` = ``</s> src </s>``)
+    whose source entity words are replaced by one [MASK] each (modes mask
+    and zero) or deleted. ``masked[i]`` lists the entity words of item i."""
+
+    def __init__(self, dataset, dictionary, words: EntityWords, mode: str, mask_idx: int):
+        super().__init__(dataset)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}: {mode}")
+        self.dictionary, self.words, self.mode, self.mask_idx = dictionary, words, mode, mask_idx
+        self.masked: List[List[str]] = [[] for _ in range(len(dataset))]
+        self._sources = [self._edit(i) for i in range(len(dataset))]
+
+    def _edit(self, index: int) -> torch.Tensor:
+        source = self.dataset[index]["source"]
+        tokens = source.tolist()
+        body = tokens[1:]  # after the leading </s>
+        out, last = [tokens[0]], 0
+        for word, start, end in word_spans(self.dictionary, body):
+            if word in self.words.german:
+                out += body[last:start] + ([] if self.mode == "delete" else [self.mask_idx])
+                self.masked[index].append(word)
+                last = end
+        out += body[last:]
+        return source.new_tensor(out)
+
+    def __getitem__(self, index):
+        item = dict(self.dataset[index])
+        item["source"] = self._sources[index]
+        return item
+
+
+@contextmanager
+def zeroed_mask_embedding(model, mask_idx: int):
+    """The encoder's [MASK] embedding row set to zero for the duration."""
+    weight = model.encoder.embed_tokens.weight
+    saved = weight.data[mask_idx].clone()
+    weight.data[mask_idx] = 0.0
+    try:
+        yield
+    finally:
+        weight.data[mask_idx] = saved
+
+
+@torch.no_grad()
+def translate_dataset(model, task, dataset, beam: int = 8, batch_size: int = 64) -> List[str]:
+    """Hypotheses (BPE'd tokens, as fairseq-generate writes them before
+    post-processing) in dataset order."""
+    gen = GenerationConfig(beam=beam, lenpen=1.0, max_len_a=1.5, max_len_b=10)
+    generator = task.build_generator([model], gen)
+    itr = task.get_batch_iterator(
+        dataset, max_sentences=batch_size, max_positions=(1024, 1024), seed=1
+    ).next_epoch_itr(shuffle=False)
+    out: Dict[int, str] = {}
+    for sample in itr:
+        hypos = task.inference_step(generator, [model], sample)
+        for sample_id, hypo in zip(sample["id"].tolist(), hypos):
+            out[sample_id] = task.target_dictionary.string(hypo[0]["tokens"].int())
+    if len(out) != len(dataset):
+        raise RuntimeError(f"{len(dataset) - len(out)} sentences were not translated")
+    return [out[i] for i in range(len(dataset))]
+
+
+def recovery(hypotheses: Sequence[str], references_tok: Sequence[str], masked: Sequence[List[str]],
+             words: EntityWords) -> Tuple[int, int]:  # fmt: skip
+    """(recovered, counted): a masked word counts where one of its German
+    words is in the reference, and is recovered where the hypothesis has it."""
+    recovered = counted = 0
+    for hyp, ref, entities in zip(hypotheses, references_tok, masked):
+        hyp_words = {normalise(w) for w in hyp.replace("@@ ", "").split()}
+        ref_words = {normalise(w) for w in ref.split()}
+        for entity in entities:
+            german = words.german[entity] & ref_words
+            if german:
+                counted += 1
+                recovered += bool(german & hyp_words)
+    return recovered, counted
+
+
+def entity_masking_probe(model, task, split: str, words: EntityWords, references: Sequence[str],
+                         modes: Sequence[str] = ("none",) + MODES, beam: int = 8,
+                         annotations=None) -> List[dict]:  # fmt: skip
+    """BLEU (and ambiguous-word accuracy with annotations) of the plain
+    sources and of each masked version, and the recovery rate of the masked
+    entity words."""
+    task.load_dataset(split)
+    base = task.dataset(split)
+    tokenizer = MosesPipeline(task.cfg.target_lang, lowercase=True, strip_accents=True)
+    refs_tok = [tokenizer(r) for r in references]
+    masked_once = EntityMaskedSource(base, task.source_dictionary, words, "mask", task.mask_idx)
+    rows = []
+    for mode in modes:
+        if mode == "none":
+            hyps = translate_dataset(model, task, base, beam)
+        else:
+            dataset = EntityMaskedSource(base, task.source_dictionary, words, mode, task.mask_idx)
+            if mode == "zero":
+                with zeroed_mask_embedding(model, task.mask_idx):
+                    hyps = translate_dataset(model, task, dataset, beam)
+            else:
+                hyps = translate_dataset(model, task, dataset, beam)
+        scores = score(hyps, references, task.cfg.target_lang, annotations=annotations)
+        recovered, counted = recovery(hyps, refs_tok, masked_once.masked, words)
+        rows.append({
+            "probe": "entity_masking", "mode": mode, "bleu_detok": scores["bleu_detok"],
+            "bleu_tok_lc": scores["bleu_tok_lc"], "entity_recall": round(100.0 * recovered / max(counted, 1), 2),
+            "entities": counted, **({"ambiguous_acc": scores["ambiguous_word_accuracy"]} if annotations else {}),
+        })  # fmt: skip
+    return rows
+
+
+def incongruent_decoding(model, task, split: str, references: Sequence[str], orders=("aligned", "shuffled", "reversed"),
+                         seed: int = 1, beam: int = 8, annotations=None) -> List[dict]:  # fmt: skip
+    """BLEU (and ambiguous-word accuracy) with the correct, shuffled and
+    reversed image order."""
+    rows = []
+    for order in orders:
+        task.cfg.image_order, task.cfg.image_order_seed = order, seed
+        task.load_dataset(split)
+        hyps = translate_dataset(model, task, task.dataset(split), beam)
+        scores = score(hyps, references, task.cfg.target_lang, annotations=annotations)
+        row = {"probe": "incongruent", "images": order, "bleu_detok": scores["bleu_detok"],
+               "bleu_tok_lc": scores["bleu_tok_lc"]}  # fmt: skip
+        if annotations is not None:
+            row["ambiguous_acc"] = scores["ambiguous_word_accuracy"]
+        rows.append(row)
+    task.cfg.image_order = "aligned"
+    return rows
+
+
+def raw_references(task, split: str, path: Optional[str] = None) -> List[str]:
+    """The split's raw target text: ``path``, else the file vtlm-prepare
+    recorded for it in the data-bin's prepare.json."""
+    from ..data.corpus import read_lines
+    from ..data.splits import split_data_path
+
+    if path is None:
+        manifest = Path(split_data_path(task.cfg.data, 1)) / "prepare.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{manifest}: no prepare.json; give the raw references")
+        splits = json.loads(manifest.read_text())["splits"]
+        if split not in splits:
+            raise ValueError(f"{manifest}: no split '{split}' (has {', '.join(splits)})")
+        path = splits[split]["text"][task.cfg.target_lang]
+    return read_lines(path)
