@@ -32,8 +32,11 @@ setup(
             "vtlm-toy-world=vtlm_fairseq.cli.toy_world:cli_main",
             "vtlm-prepare=vtlm_fairseq.cli.prepare:cli_main",
             "vtlm-features=vtlm_fairseq.cli.features:cli_main",
+            "vtlm-extract-features=vtlm_fairseq.cli.extract_features:cli_main",
             "vtlm-probe=vtlm_fairseq.cli.probe:cli_main",
             "vtlm-score=vtlm_fairseq.cli.score:cli_main",
+            "vtlm-convert-checkpoint=vtlm_fairseq.cli.convert_checkpoint:cli_main",
+            "vtlm-cc=vtlm_fairseq.cli.conceptual_captions:cli_main",
         ],
     },
 )

@@ -22,6 +22,10 @@ def test_line_breaks_inside_a_sentence_become_spaces():
         assert MosesPipeline("en")(f"a{brk}b") == "a b"
 
 
+def test_a_tab_separates_words():
+    assert MosesPipeline("en")("two\twords") == "two words"
+
+
 def test_strip_accents_and_remove_bpe():
     assert strip_accents("Café crème") == "Cafe creme"
     assert remove_bpe("baum@@ wo@@ lle auf") == "baumwolle auf"

@@ -38,7 +38,8 @@ def get_parser():
     p.add_argument("--no-lowercase", dest="lowercase", action="store_false")
     p.add_argument("--keep-accents", dest="strip_accents", action="store_false")
     p.add_argument("--bpe-merges", type=int, default=defaults.bpe_merges)
-    p.add_argument("--bpe-codes", help="apply these subword-nmt codes instead of learning")
+    p.add_argument("--bpe-codes", help="apply these codes (subword-nmt, or fastBPE's 'left right count') instead of learning")
+    p.add_argument("--dictionary", help="binarise with this joined dictionary, e.g. a converted checkpoint's dict.txt")
     p.add_argument("--workers", type=int, default=defaults.workers)
     p.add_argument("--force", action="store_true", help="rebuild an existing data-bin")
     return p

@@ -22,7 +22,7 @@ from .corpus import (
     read_lines,
     read_order_file,
 )
-from .tokenization import tokenize_lines
+from .tokenization import normalize_pretokenized_lines, tokenize_lines
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,14 @@ class PrepareConfig:
     image_splits_dir: Optional[str] = None
     lowercase: bool = True
     strip_accents: bool = True
+    # languages whose text is tokenised already (Conceptual Captions' English):
+    # no Moses normalisation or tokenisation, the rest of the pipeline as usual
+    pretokenized: List[str] = field(default_factory=list)
     bpe_merges: int = 10000
-    bpe_codes: Optional[str] = None  # reuse existing subword-nmt codes
+    bpe_codes: Optional[str] = None  # reuse existing subword-nmt or fastBPE codes
+    # binarise with this joined dictionary (a converted checkpoint's dict.txt)
+    # instead of one built from train
+    dictionary: Optional[str] = None
     workers: int = max(1, min(4, os.cpu_count() or 1))
     force: bool = False
 
@@ -118,6 +124,8 @@ def _check_not_emptied(source: Path, lines):
 def prepare(cfg: PrepareConfig) -> dict:
     start = time.time()
     dest = Path(cfg.dest_dir)
+    if set(cfg.pretokenized) - {cfg.src, cfg.tgt}:
+        raise CorpusError(f"pretokenized languages {cfg.pretokenized} must be {cfg.src} or {cfg.tgt}")
     if (dest / f"dict.{cfg.src}.txt").exists():
         if not cfg.force:
             raise FileExistsError(
@@ -157,7 +165,7 @@ def prepare(cfg: PrepareConfig) -> dict:
             for lang in (cfg.src, cfg.tgt):
                 lines = _parallel_map(
                     pool,
-                    tokenize_lines,
+                    normalize_pretokenized_lines if lang in cfg.pretokenized else tokenize_lines,
                     (lang, cfg.lowercase, cfg.strip_accents),
                     raw[s.name][lang],
                     cfg.workers,
@@ -223,6 +231,8 @@ def _binarize(cfg: PrepareConfig, dest: Path, split_names: List[str]) -> None:
         "--dataset-impl", "mmap",
     ]  # fmt: skip
     argv += ["--trainpref", str(dest / "bpe" / "train")]
+    if cfg.dictionary:
+        argv += ["--srcdict", cfg.dictionary]
     if others:
         argv += ["--testpref", ",".join(str(dest / "bpe" / n) for n in others)]
     args = options.get_preprocessing_parser().parse_args(argv)

@@ -10,7 +10,8 @@ from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
 # Characters that Python's text mode or str.splitlines() treat as line
 # breaks; one inside a sentence would shift every later line of the corpus.
-_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+# Tabs too: Moses removes them as control characters, joining two words.
+_LINE_BREAKS = re.compile("[\t\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _SPACES = re.compile(r"\s+")
 
 
@@ -58,3 +59,23 @@ def tokenize_lines(args):
 
 def remove_bpe(line: str, separator: str = "@@") -> str:
     return (line + " ").replace(separator + " ", "").rstrip()
+
+
+def normalize_pretokenized_lines(args):
+    """Pool-friendly, as tokenize_lines, for text that is tokenised already:
+    only what the reference does to such text (unicode punctuation replaced,
+    control characters removed, then lowercasing and accent stripping); Moses
+    normalisation would move its punctuation and tokenisation split it again."""
+    lang, lowercase, accents, lines = args
+    normalizer = MosesPunctNormalizer(lang=lang)
+    out = []
+    for line in lines:
+        # whitespace first: line breaks inside a line would shift the corpus,
+        # and a tab removed as a control character would join two tokens
+        line = normalizer.remove_control_chars(normalizer.replace_unicode_punct(" ".join(line.split())))
+        if lowercase:
+            line = line.lower()
+        if accents:
+            line = strip_accents(line)
+        out.append(" ".join(line.split()))
+    return out
