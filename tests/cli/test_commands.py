@@ -9,15 +9,28 @@ import pytest
 from tests.data.test_feature_store import make_store
 from tests.data.test_reference_features import reference_pickle
 from tests.data.store_helpers import random_regions
+from tests.conftest import REPO
 from vtlm_fairseq.cli import features, prepare, toy_world
 
-COMMANDS = {"vtlm-toy-world": toy_world, "vtlm-prepare": prepare, "vtlm-features": features}
+
+def console_scripts():
+    """name -> module of every console script setup.py declares."""
+    import re
+
+    found = re.findall(r'"(vtlm-[a-z-]+)=(vtlm_fairseq\.cli\.\w+):cli_main"', (REPO / "setup.py").read_text())
+    assert len(found) >= 8, found
+    return dict(found)
+
+
+COMMANDS = console_scripts()
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_help(name, capsys):
+    import importlib
+
     with pytest.raises(SystemExit) as e:
-        COMMANDS[name].cli_main(["--help"])
+        importlib.import_module(COMMANDS[name]).cli_main(["--help"])
     assert e.value.code == 0
     assert name in capsys.readouterr().out
 
