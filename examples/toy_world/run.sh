@@ -16,7 +16,7 @@ PRETRAIN_UPDATES="${PRETRAIN_UPDATES:-1200}"
 FINETUNE_UPDATES="${FINETUNE_UPDATES:-1000}"
 USER_DIR="$ROOT/vtlm_fairseq"
 mkdir -p "$WORK/results"
-stage() { echo; echo "[toy] $(date +%H:%M:%S) $*"; }
+source "$HERE/common.sh"
 
 stage "1/7 toy world"
 if [ ! -f "$WORLD/world.json" ]; then
@@ -33,17 +33,8 @@ else
     echo "reusing $DATA"
 fi
 
-# vtlm_tiny on CPU: a higher learning rate and a short warm-up than the
-# paper's 1e-4 (which is for vtlm_base and days of GPU time)
 stage "3/7 VTLM pre-training ($PRETRAIN_UPDATES updates)"
-if [ ! -f "$WORK/vtlm/checkpoint_last.pt" ]; then
-    fairseq-train "$DATA" --user-dir "$USER_DIR" --task visual_tlm --region-features "$FEATURES" \
-        --arch vtlm_tiny --criterion vtlm_loss \
-        --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3 --lr-scheduler inverse_sqrt --warmup-updates 300 \
-        --clip-norm 5 --batch-size 64 --max-update "$PRETRAIN_UPDATES" --mask-prob "${MASK_PROB:-0.15}" \
-        --cpu --num-workers 1 --log-interval 100 --no-epoch-checkpoints --save-dir "$WORK/vtlm" \
-        --seed 1 2>&1 | tee "$WORK/vtlm.log" | { grep -E "\| (train_inner|valid) \|" || true; }
-fi
+pretrain vtlm visual_tlm "$PRETRAIN_UPDATES" --mask-prob "${MASK_PROB:-0.15}" --num-workers 1
 
 stage "4/7 probes of the pre-trained VTLM"
 vtlm-probe regions "$WORK/vtlm/checkpoint_last.pt" --data "$DATA" --region-features "$FEATURES" \
@@ -52,22 +43,10 @@ vtlm-probe ambiguous "$WORK/vtlm/checkpoint_last.pt" --data "$DATA" --region-fea
     --annotations "$WORLD/ambiguity/valid.jsonl" --seeds 1 2 3 \
     --json "$WORK/results/probe_ambiguous.json" | { grep '^{' || true; }
 
-finetune() {  # name, extra args
-    local name="$1"; shift
-    if [ ! -f "$WORK/$name/checkpoint_best.pt" ]; then
-        fairseq-train "$DATA" --user-dir "$USER_DIR" --task multimodal_translation "$@" \
-            --arch vtlm_translation_tiny --pretrained-checkpoint "$WORK/vtlm/checkpoint_last.pt" \
-            --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-            --optimizer adam --adam-betas '(0.9, 0.98)' --lr 5e-4 --lr-scheduler inverse_sqrt --warmup-updates 100 \
-            --dropout 0.2 --clip-norm 5 --batch-size 64 --max-update "$FINETUNE_UPDATES" \
-            --cpu --num-workers 1 --log-interval 100 --no-epoch-checkpoints --save-dir "$WORK/$name" \
-            --seed 1 2>&1 | tee "$WORK/$name.log" | { grep -E "\| (train_inner|valid) \||initialised from" || true; }
-    fi
-}
 stage "5/7 MMT fine-tuning from VTLM ($FINETUNE_UPDATES updates)"
-finetune mmt --region-features "$FEATURES"
+finetune mmt "$WORK/vtlm/checkpoint_last.pt" --region-features "$FEATURES"
 stage "6/7 NMT fine-tuning from VTLM (text only)"
-finetune nmt
+finetune nmt "$WORK/vtlm/checkpoint_last.pt"
 
 stage "7/7 translating the test set (beam 8) and scoring"
 translate() {  # name, checkpoint, extra args

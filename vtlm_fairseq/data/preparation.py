@@ -201,8 +201,8 @@ def prepare(cfg: PrepareConfig) -> dict:
         "splits": {
             s.name: {
                 "pairs": len(raw[s.name][cfg.src]),
-                "text": {lang: str(p) for lang, p in s.text.items()},
-                "order": str(s.order) if s.order else None,
+                "text": {lang: str(Path(p).resolve()) for lang, p in s.text.items()},
+                "order": str(Path(s.order).resolve()) if s.order else None,
             }
             for s in sources
         },

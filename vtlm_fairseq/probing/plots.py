@@ -87,7 +87,7 @@ def plot_incongruent(rows: List[dict], path: Path) -> Path:
         orders = list(dict.fromkeys(r["images"] for r in chosen))
         series = {o: [next(((r[metric], 0.0) for r in chosen if r["model"] == m and r["images"] == o), None)
                       for m in models] for o in orders}  # fmt: skip
-        _bars(ax, models, series, label, f"{label}: correct vs incongruent images")
+        _bars(ax, models, series, label, f"{label.split(' (')[0]} by image order")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

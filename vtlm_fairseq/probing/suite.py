@@ -77,6 +77,10 @@ def _cell(summary: dict) -> str:
     return f"{summary['mean']:.1f}" + (f" ± {summary['std']:.1f}" if summary["n"] > 1 else "")
 
 
+def _pct(value) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def markdown_report(rows: List[dict]) -> str:
     out = ["# Probe suite", ""]
     for probe, title in (("last_word", "Masked last word (pre-trained models)"),
@@ -114,7 +118,7 @@ def markdown_report(rows: List[dict]) -> str:
                 "|---|---|---|---|---|---|" + ("---|" if amb else "")]  # fmt: skip
         for r in masking:
             out.append(f"| {r['model']} | {r['kind']} | {r['mode']} | {r['bleu_detok']:.2f} | {r['bleu_tok_lc']:.2f} | "
-                       f"{r['entity_recall']:.1f} ({r['entities']}) |" + (f" {r.get('ambiguous_acc', '')} |" if amb else ""))  # fmt: skip
+                       f"{r['entity_recall']:.1f} ({r['entities']}) |" + (f" {_pct(r.get('ambiguous_acc'))} |" if amb else ""))  # fmt: skip
         out.append("")
     incongruent = [r for r in rows if r.get("probe") == "incongruent"]
     if incongruent:
@@ -124,6 +128,6 @@ def markdown_report(rows: List[dict]) -> str:
                 "|---|---|---|---|" + ("---|" if amb else "")]  # fmt: skip
         for r in incongruent:
             out.append(f"| {r['model']} | {r['images']} | {r['bleu_detok']:.2f} | {r['bleu_tok_lc']:.2f} |"
-                       + (f" {r.get('ambiguous_acc', '')} |" if amb else ""))  # fmt: skip
+                       + (f" {_pct(r.get('ambiguous_acc'))} |" if amb else ""))  # fmt: skip
         out.append("")
     return "\n".join(out)
