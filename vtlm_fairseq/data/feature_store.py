@@ -33,6 +33,10 @@ _FLUSH_EVERY = 256
 # left to ``vtlm-features validate`` and each read checks its own image.
 FULL_SCAN_BYTES = 2 << 30
 _SCAN_ROWS = 4096
+# features read per step of a full scan: bounds the memory of opening a store
+# (4096 rows of 36 x 1536 float16 features are 450 MB)
+_SCAN_BYTES = 64 << 20
+_ROW_KEYS = ("features", "boxes", "classes", "scores")
 
 
 class FeatureStoreError(ValueError):
@@ -239,6 +243,7 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.path}: no such feature store")
         self._file: Optional[h5py.File] = None
         self._pid: Optional[int] = None
+        self._datasets: Dict[str, h5py.Dataset] = {}
         try:
             with h5py.File(self.path, "r") as f:
                 count = _check_layout(f, self.path)
@@ -254,6 +259,8 @@ class FeatureStore:
                 self.num_classes = int(f.attrs["num_classes"])
                 self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
                 self.names: List[str] = list(f["names"].asstr()[:count])
+                # 2 bytes per image, kept so that a read is one HDF5 call per array
+                self.region_counts: np.ndarray = f["num_regions"][:count]
                 feature_bytes = count * self.num_regions * self.feature_dim * self.dtype.itemsize
         except OSError as e:
             raise FeatureStoreError(f"{self.path}: cannot be read as HDF5 ({e})") from None
@@ -287,17 +294,21 @@ class FeatureStore:
         if self._file is None or self._pid != os.getpid():
             self._file = h5py.File(self.path, "r")
             self._pid = os.getpid()
+            # looked up once: h5py's lookup by name costs several times a row's read
+            self._datasets = {key: self._file[key] for key in _ROW_KEYS}
         return self._file
 
     def close(self):
         if self._file is not None and self._pid == os.getpid():
             self._file.close()
         self._file = None
+        self._datasets = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_file"] = None
         state["_pid"] = None
+        state["_datasets"] = {}
         return state
 
     # -- lookup --
@@ -314,13 +325,14 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.path}: no image '{name}'") from None
 
     def read_row(self, row: int) -> RegionFeatures:
-        f = self._h5()
-        n = int(f["num_regions"][row])
+        self._h5()
+        d = self._datasets
+        n = int(self.region_counts[row])
         regions = RegionFeatures(
-            features=f["features"][row, :n],
-            boxes=f["boxes"][row, :n],
-            classes=f["classes"][row, :n],
-            scores=f["scores"][row, :n],
+            features=d["features"][row, :n],
+            boxes=d["boxes"][row, :n],
+            classes=d["classes"][row, :n],
+            scores=d["scores"][row, :n],
         )
         if not self._features_checked and not np.isfinite(regions.features).all():
             raise FeatureStoreError(
@@ -367,8 +379,12 @@ class FeatureStore:
                     f"{self.path}: image '{self.names[bad[0]]}': num_regions "
                     f"{n_all[bad[0]]} outside [0, {self.num_regions}]"
                 )
-            for start in range(0, len(self.names), _SCAN_ROWS):
-                stop = min(start + _SCAN_ROWS, len(self.names))
+            step = _SCAN_ROWS
+            if scan_features:
+                row_bytes = self.num_regions * self.feature_dim * self.dtype.itemsize
+                step = max(1, min(_SCAN_ROWS, _SCAN_BYTES // row_bytes))
+            for start in range(0, len(self.names), step):
+                stop = min(start + step, len(self.names))
                 block = {
                     key: f[key][start:stop]
                     for key in ("boxes", "classes", "scores")
@@ -391,6 +407,7 @@ class FeatureStore:
                         self.num_classes,
                         self.feature_dim,
                     )
+                del block, regions  # freed before the next block is read
 
     def summary(self) -> Dict[str, object]:
         with h5py.File(self.path, "r") as f:

@@ -39,6 +39,17 @@ class VTLMTranslationConfig(VTLMConfig):
     )
 
 
+def beam_expansion(new_order: torch.Tensor, rows: int) -> int:
+    """k when ``new_order`` repeats each of ``rows`` rows k > 1 times in place
+    (SequenceGenerator expanding sentences to their beams), else 0."""
+    n = new_order.numel()
+    if rows == 0 or n <= rows or n % rows:
+        return 0
+    k = n // rows
+    expected = torch.arange(rows, device=new_order.device).repeat_interleave(k)
+    return k if torch.equal(new_order, expected) else 0
+
+
 def text_positions(tokens: torch.Tensor, padding_idx: int) -> torch.Tensor:
     """0, 1, ... over the non-padding tokens of each row (left or right padding)."""
     real = tokens.ne(padding_idx).long()
@@ -76,13 +87,29 @@ class TranslationEncoder(VTLMEncoder):
 
     @torch.jit.export
     def reorder_encoder_out(self, encoder_out: Dict[str, List[torch.Tensor]], new_order):
+        """Beam search expands each sentence's states to its beams, then
+        follows the surviving beams. The expansion is recorded as
+        ``beam_size``: the decoder's cross-attention then works on one copy
+        per sentence, and a reorder that keeps every row among its sentence's
+        beams (identical states) copies nothing."""
+        states, padding = encoder_out["encoder_out"][0], encoder_out["encoder_padding_mask"][0]
+        beam = encoder_out.get("beam_size", [])
+        if beam:
+            k = int(beam[0])
+            rows = torch.arange(states.shape[1], device=new_order.device)
+            if new_order.numel() == states.shape[1] and torch.equal(new_order // k, rows // k):
+                return encoder_out
+        else:
+            k = beam_expansion(new_order, states.shape[1])
+            beam = [torch.tensor(k)] if k else []
         return {
-            "encoder_out": [encoder_out["encoder_out"][0].index_select(1, new_order)],
-            "encoder_padding_mask": [encoder_out["encoder_padding_mask"][0].index_select(0, new_order)],
+            "encoder_out": [states.index_select(1, new_order)],
+            "encoder_padding_mask": [padding.index_select(0, new_order)],
             "encoder_embedding": [],
             "encoder_states": [],
             "src_tokens": [],
             "src_lengths": [],
+            "beam_size": beam,
         }
 
 
@@ -123,6 +150,14 @@ class TranslationDecoder(FairseqIncrementalDecoder):
         x = x.transpose(0, 1)
         enc = encoder_out["encoder_out"][0] if encoder_out is not None else None
         enc_padding = encoder_out["encoder_padding_mask"][0] if encoder_out is not None else None
+        # fairseq's beamable cross-attention (keys and values of one beam per
+        # sentence, never reordered), in beam search only: elsewhere rows
+        # are not grouped by sentence
+        beam = 1
+        if incremental_state is not None and encoder_out is not None and encoder_out.get("beam_size"):
+            beam = int(encoder_out["beam_size"][0])
+        for layer in self.layers:
+            layer.encoder_attn.set_beam_size(beam)
         self_attn_mask = self.buffered_future_mask(x) if incremental_state is None else None
         padding = prev_output_tokens.eq(self.padding_idx)
         self_attn_padding_mask = padding if padding.any() else None
