@@ -31,6 +31,20 @@ def _bars(ax, groups: List[str], series: dict, ylabel: str, title: str):
     ax.legend(fontsize=8)
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _one_run_series(rows: List[dict], series_key: str, group_key: str, groups: List[str], metric: str) -> dict:
+    """series -> (value, no spread) per group, for probes run once per setting."""
+    names = dict.fromkeys(r[series_key] for r in rows)
+    return {name: [next(((r[metric], 0.0) for r in rows if r[series_key] == name and r[group_key] == g), None)
+                   for g in groups] for name in names}  # fmt: skip
+
+
 def plot_masked_words(rows: List[dict], probe: str, path: Path) -> Path:
     """Accuracy per masked condition, correct vs shuffled images, one panel per model."""
     chosen = [r for r in rows if r.get("probe") == probe]
@@ -55,26 +69,17 @@ def plot_masked_words(rows: List[dict], probe: str, path: Path) -> Path:
                     values.append((s[0]["mean"], s[0]["std"]) if s else None)
             series[order] = values
         _bars(ax, groups, series, "accuracy (%)", f"{model}: masked {probe.replace('_', ' ')}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_entity_masking(rows: List[dict], path: Path) -> Path:
     """BLEU and entity recall per source masking mode, NMT vs MMT."""
     chosen = [r for r in rows if r.get("probe") == "entity_masking"]
     modes = list(dict.fromkeys(r["mode"] for r in chosen))
-    models = list(dict.fromkeys(r["model"] for r in chosen))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, metric, label in ((axes[0], "bleu_tok_lc", "BLEU (tok, lc)"), (axes[1], "entity_recall", "entity recall (%)")):
-        series = {m: [next(((r[metric], 0.0) for r in chosen if r["model"] == m and r["mode"] == mode), None)
-                      for mode in modes] for m in models}  # fmt: skip
-        _bars(ax, modes, series, label, f"{label} by source masking")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _bars(ax, modes, _one_run_series(chosen, "model", "mode", modes, metric), label, f"{label} by source masking")
+    return _save(fig, path)
 
 
 def plot_incongruent(rows: List[dict], path: Path) -> Path:
@@ -84,14 +89,9 @@ def plot_incongruent(rows: List[dict], path: Path) -> Path:
                                                       if any("ambiguous_acc" in r for r in chosen) else [])  # fmt: skip
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8), squeeze=False)
     for ax, (metric, label) in zip(axes[0], metrics):
-        orders = list(dict.fromkeys(r["images"] for r in chosen))
-        series = {o: [next(((r[metric], 0.0) for r in chosen if r["model"] == m and r["images"] == o), None)
-                      for m in models] for o in orders}  # fmt: skip
+        series = _one_run_series(chosen, "images", "model", models, metric)
         _bars(ax, models, series, label, f"{label.split(' (')[0]} by image order")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_suite(rows: List[dict], out_dir: Path) -> List[Path]:
