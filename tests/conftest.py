@@ -118,3 +118,14 @@ def nmt_checkpoint(toy_data, tmp_path_factory):
     save = tmp_path_factory.mktemp("nmt")
     finetune(toy_data, save, features=False)
     return save / "checkpoint_last.pt"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A local HTTP server of good and bad images (tests/data/test_image_download.py)."""
+    from tests.data.test_image_download import ImageServer
+
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    s = ImageServer()
+    yield s
+    s.close()

@@ -8,17 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.test_image_download import ImageServer
 from vtlm_fairseq.cli import conceptual_captions as cc
 from vtlm_fairseq.data.image_download import failure_kind
-
-
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    s = ImageServer()
-    yield s
-    s.close()
 
 
 def printed_json(capsys) -> dict:

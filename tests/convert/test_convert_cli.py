@@ -12,14 +12,10 @@ from tests.conftest import REPO, run_fairseq, shared_path
 
 
 @pytest.fixture(scope="module")
-def reference_setup(tmp_path_factory):
+def reference_setup(reference_store, tmp_path_factory):
     """(work dir, feature store, data-bin) for the fixtures' toy corpus."""
-    from vtlm_fairseq.data.reference_features import import_reference_pickles
-
-    root = shared_path("fixtures", "reference_vtlm")
+    root, store = reference_store
     work = tmp_path_factory.mktemp("reference_cli")
-    store = work / "features.h5"
-    import_reference_pickles(root / "toy_data" / "features", store, dtype="float32")
     for kind, name in (("vtlm", "vtlm_pretrained"), ("mmt", "mmt_finetuned_from_vtlm")):
         out = run_fairseq("vtlm-convert-checkpoint", [root / "checkpoints" / f"{name}.pth", work / kind,
                                                       "--region-features", store])  # fmt: skip

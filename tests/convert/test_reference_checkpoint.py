@@ -13,21 +13,17 @@ import torch.nn.functional as F
 from tests.conftest import shared_path
 
 TOL = 1e-4
-FIXTURES = ("reference_vtlm",)
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(reference_store, tmp_path_factory):
     """kind -> (model, task, fixture tensors, reference id -> our id)."""
     from fairseq import checkpoint_utils
 
     from vtlm_fairseq.convert.reference_checkpoint import convert
-    from vtlm_fairseq.data.reference_features import import_reference_pickles
 
-    root = shared_path("fixtures", "reference_vtlm")
+    root, store = reference_store
     out = tmp_path_factory.mktemp("converted")
-    store = out / "features.h5"
-    import_reference_pickles(root / "toy_data" / "features", store, dtype="float32")
     models = {}
     for kind, ckpt, fixture in (
         ("vtlm", "vtlm_pretrained", "reference_vtlm.pt"),
@@ -198,7 +194,7 @@ def test_mmt_decodes_as_reference(converted, beam):
     assert batch == columns(ref[f"output__extra_{name}_ids_batch"], ref[f"output__extra_{name}_len_batch"])
 
 
-def test_fixture_checksums_match(converted):
+def test_fixture_checksums_match():
     """The fixtures are the ones the README describes (a changed file would
     make the comparisons meaningless)."""
     import hashlib

@@ -299,14 +299,6 @@ class ImageServer:
         return route
 
 
-@pytest.fixture
-def server(monkeypatch):
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    s = ImageServer()
-    yield s
-    s.close()
-
-
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

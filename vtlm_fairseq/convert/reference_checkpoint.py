@@ -25,6 +25,7 @@ from fairseq.data import Dictionary
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf
 
+from ..data.splits import MASK_SYMBOL, load_vocabulary
 from ..languages import IMG_LANG, language_ids
 from .safe_load import load_reference_checkpoint
 
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 KINDS = ("tlm", "vtlm", "nmt", "mmt")
 REFERENCE_SPECIALS = {"<s>": "bos", "</s>": "eos", "<pad>": "pad", "<unk>": "unk"}
 REFERENCE_MASK = "<special1>"  # XLM's MASK_WORD
-MASK = "<mask>"
 
 
 class ConversionError(ValueError):
@@ -58,27 +58,28 @@ def detect_kind(ckpt: Dict) -> str:
     raise ConversionError("neither 'model' nor 'encoder'/'decoder' weights: not a reference checkpoint")
 
 
-def build_dictionary(id2word: Dict[int, str], counts: Dict[str, int]):
-    """(dictionary to save, without <mask>; for each of our indices, the
-    reference id it comes from). The tasks load dict.txt and add <mask>; the
-    same happens here, so the index map is the one the tasks will see."""
-    words = [id2word[i] for i in range(len(id2word))]
-    saved = Dictionary()
-    for word in words:
-        if word not in REFERENCE_SPECIALS and word != REFERENCE_MASK:
-            saved.add_symbol(word, n=int(counts.get(word, 0)))
+def build_dictionary(id2word: Dict[int, str], counts: Dict[str, int]) -> Dictionary:
+    """The dictionary to save as dict.txt: the reference's words in its id
+    order, without the symbols fairseq adds itself (its four specials, and
+    <mask>, which the tasks add on loading)."""
     dictionary = Dictionary()
-    for word, count in zip(saved.symbols[saved.nspecial:], saved.count[saved.nspecial:]):
-        dictionary.add_symbol(word, n=count)
-    dictionary.add_symbol(MASK)
-    ours = {REFERENCE_MASK: dictionary.index(MASK)}
-    ours.update({w: getattr(dictionary, f)() for w, f in REFERENCE_SPECIALS.items()})
-    reference_of_ours = torch.full((len(dictionary),), -1, dtype=torch.long)
-    for ref_id, word in enumerate(words):
-        reference_of_ours[ours.get(word, dictionary.index(word))] = ref_id
-    if len(dictionary) != len(words) or (reference_of_ours < 0).any():
-        raise ConversionError(f"{len(words)} reference ids give {len(dictionary)} fairseq symbols (duplicate words?)")
-    return saved, reference_of_ours
+    for _, word in sorted(id2word.items()):
+        if word not in REFERENCE_SPECIALS and word != REFERENCE_MASK:
+            dictionary.add_symbol(word, n=int(counts.get(word, 0)))
+    return dictionary
+
+
+def reference_rows(dictionary: Dictionary, id2word: Dict[int, str]) -> torch.Tensor:
+    """For each index of ``dictionary`` (as the tasks load it), the reference
+    id whose embedding row it takes; every symbol must come from exactly one."""
+    ours = {w: getattr(dictionary, f)() for w, f in REFERENCE_SPECIALS.items()}
+    ours[REFERENCE_MASK] = dictionary.index(MASK_SYMBOL)
+    rows = torch.full((len(dictionary),), -1, dtype=torch.long)
+    for ref_id, word in id2word.items():
+        rows[ours.get(word, dictionary.index(word))] = ref_id
+    if len(dictionary) != len(id2word) or (rows < 0).any():
+        raise ConversionError(f"{len(id2word)} reference ids give {len(dictionary)} fairseq symbols (duplicate words?)")
+    return rows
 
 
 def _reference_name(ours: str, decoder: bool) -> Optional[str]:
@@ -209,12 +210,12 @@ def convert(path, out_dir, kind: str = "auto", source_lang: str = "en", target_l
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    saved_dict, vocab_rows = build_dictionary(ckpt["dico_id2word"], ckpt.get("dico_counts", {}))
-    saved_dict.save(str(out_dir / "dict.txt"))
-    for lang in (source_lang, target_lang):
-        saved_dict.save(str(out_dir / f"dict.{lang}.txt"))
-    dictionary = Dictionary.load(str(out_dir / "dict.txt"))
-    mask_idx = dictionary.add_symbol(MASK)
+    saved_dict = build_dictionary(ckpt["dico_id2word"], ckpt.get("dico_counts", {}))
+    for name in ("dict.txt", f"dict.{source_lang}.txt", f"dict.{target_lang}.txt"):
+        saved_dict.save(str(out_dir / name))
+    dictionary = load_vocabulary(out_dir / "dict.txt")  # exactly as the tasks will load it
+    mask_idx = dictionary.index(MASK_SYMBOL)
+    vocab_rows = reference_rows(dictionary, ckpt["dico_id2word"])
 
     # language rows by name: ours are the pair's languages sorted, then img
     ours = language_ids(source_lang, target_lang)

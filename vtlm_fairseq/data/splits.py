@@ -6,10 +6,23 @@ import os
 from typing import Optional, Tuple
 
 from fairseq import utils
-from fairseq.data import data_utils
+from fairseq.data import Dictionary, data_utils
 
 from .feature_store import FeatureStore
 from .region_dataset import RegionFeatureDataset
+
+
+MASK_SYMBOL = "<mask>"
+
+
+def load_vocabulary(path) -> Dictionary:
+    """A data-bin's joined dictionary plus ``<mask>``: the vocabulary of the
+    tasks' models (and of converted reference checkpoints)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no dictionary (prepare the data with vtlm-prepare)")
+    dictionary = Dictionary.load(str(path))
+    dictionary.add_symbol(MASK_SYMBOL)
+    return dictionary
 
 
 def split_data_path(data: str, epoch: int) -> str:

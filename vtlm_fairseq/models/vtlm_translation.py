@@ -23,7 +23,7 @@ from fairseq.utils import safe_getattr
 
 from ..languages import IMG_LANG, language_ids
 from ..modules.embeddings import TextEmbedding
-from .vtlm import VTLMConfig, VTLMEncoder, layer_config, set_layer_norm_eps, vtlm_base
+from .vtlm import VTLMConfig, VTLMEncoder, layer_config, set_layer_norm_eps, vtlm_base, vtlm_tiny
 
 logger = logging.getLogger(__name__)
 
@@ -272,8 +272,5 @@ def vtlm_translation_base(args):
 @register_model_architecture("vtlm_translation", "vtlm_translation_tiny")
 def vtlm_translation_tiny(args):
     """The shape of vtlm_tiny, for fine-tuning it on CPU."""
-    args.encoder_layers = safe_getattr(args, "encoder_layers", 2)
-    args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 128)
-    args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 512)
-    args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 4)
-    vtlm_translation_base(args)
+    vtlm_tiny(args)
+    _translation_defaults(args)

@@ -10,6 +10,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from .translation import build_generator
+
 
 CLASS_NAMES = Path(__file__).resolve().parents[1] / "resources" / "object_vocab.json"
 
@@ -20,8 +22,6 @@ def region_attention(model, task, split: str, index: int, beam: int = 8) -> Dict
     target words, the regions (boxes, classes, image name) and the last
     decoder layer's cross-attention over the regions (target x regions,
     averaged over heads, renormalised over the regions)."""
-    from fairseq.dataclass.configs import GenerationConfig
-
     if task.store is None:
         raise ValueError("the attention picture needs an MMT (a task with --region-features)")
     task.load_dataset(split)
@@ -29,7 +29,7 @@ def region_attention(model, task, split: str, index: int, beam: int = 8) -> Dict
     if not 0 <= index < len(dataset):
         raise IndexError(f"sentence {index}: split '{split}' has {len(dataset)}")
     sample = dataset.collater([dataset[index]])
-    generator = task.build_generator([model], GenerationConfig(beam=beam, max_len_a=1.5, max_len_b=10))
+    generator = build_generator(model, task, beam)
     hypo = task.inference_step(generator, [model], sample)[0][0]
     n_regions = int(sample["net_input"]["region_mask"][0].sum())
     attention = hypo["attention"]  # (source positions incl. regions, target tokens)

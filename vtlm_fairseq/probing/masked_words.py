@@ -77,13 +77,15 @@ def load_pretrained(checkpoint: str, overrides: Optional[dict] = None):
     """(model in eval mode, its task). A ``region_features`` override is
     dropped for a model without region layers (TLM, NMT), so one set of
     overrides serves a mix of text-only and visual checkpoints."""
+    from fairseq.dataclass.utils import overwrite_args_by_name
+
     overrides = dict(overrides or {})
-    if overrides.get("region_features"):
-        state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)["model"]
-        if not any(".region_embedding." in name for name in state):
-            logger.info("%s has no region layers: probing it without images", checkpoint)
-            del overrides["region_features"]
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides=overrides)
+    state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)  # read once, overrides applied below
+    if overrides.get("region_features") and not any(".region_embedding." in name for name in state["model"]):
+        logger.info("%s has no region layers: probing it without images", checkpoint)
+        del overrides["region_features"]
+    overwrite_args_by_name(state["cfg"], overrides)
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], state=state)
     model = models[0].eval()
     return model, task
 
@@ -163,22 +165,10 @@ def probe_ambiguous_words(
     """Accuracy of restoring the toy world's masked ambiguous words (all
     pieces of a span right), per condition (see CONDITIONS) and image order."""
     rows = []
-    for order in image_orders:
-        for seed in seeds if order == "shuffled" else seeds[:1]:
-            _set_probe_inputs(task, order, seed)
-            task.load_dataset(split)
-            base = task.dataset(split)
-            for condition in conditions:
-                spans = ambiguous_word_spans(task, base, annotations, condition)
-                dataset = SpanMaskedDataset(base, spans)
-                correct = restore_spans(model, task, dataset)
-                halves = np.array([half for _, half in dataset.span_info])
-                row = {"images": order, "seed": seed if order == "shuffled" else None, "masked": condition}
-                for half, name in ((0, "en"), (1, "de")):
-                    if (halves == half).any():
-                        row[f"{name}_acc"] = round(100.0 * float(correct[halves == half].mean()), 2)
-                        row[f"{name}_words"] = int((halves == half).sum())
-                rows.append(row)
+    for setting, base in _image_settings(task, split, image_orders, seeds):
+        for condition in conditions:
+            dataset = SpanMaskedDataset(base, ambiguous_word_spans(task, base, annotations, condition))
+            rows.append(_scores_per_half(dict(setting, masked=condition), dataset, restore_spans(model, task, dataset)))
     return rows
 
 
@@ -219,50 +209,58 @@ def last_word_probe(model, task, split: str, conditions=tuple(LAST_WORD_CONDITIO
 
     rows = []
     dot = task.dictionary.index(full_stop)
-    for order in image_orders:
-        for seed in seeds if order == "shuffled" else seeds[:1]:
-            _set_probe_inputs(task, order, seed)
-            task.load_dataset(split)
-            loaded = task.dataset(split)
-            src, tgt = loaded.src, loaded.tgt
-            if drop_full_stop:
-                src, tgt = DropFinalToken(src, dot), DropFinalToken(tgt, dot)
-            base = TLMDataset(
-                src, tgt, loaded.dictionary,
-                (loaded.src_lang, loaded.tgt_lang, loaded.img_lang), loaded.masking, loaded.mask_idx,
-                regions=loaded.regions, pair_indices=loaded.pair_indices, seed=loaded.seed,
-                shuffle=False, deterministic=True,
-            )  # fmt: skip
-            for condition in conditions:
-                spans: Spans = {}
-                for index in range(len(base)):
-                    pair = int(base.pair_indices[index])
-                    halves = (base.src[pair].tolist(), base.tgt[pair].tolist())
-                    chosen = []
-                    for half in LAST_WORD_CONDITIONS[condition]:
-                        words = [w for w in word_spans(task.dictionary, halves[half]) if w[0] != full_stop]
-                        if words:
-                            chosen.append((half, words[-1][1], words[-1][2]))
-                    if chosen:
-                        spans[index] = chosen
-                dataset = SpanMaskedDataset(base, spans)
-                correct, nll, pieces = restore_spans(model, task, dataset, with_nll=True)
-                halves = np.array([half for _, half in dataset.span_info])
-                row = {"probe": "last_word", "images": order, "seed": seed if order == "shuffled" else None,
-                       "masked": condition}  # fmt: skip
-                for half, name in ((0, "en"), (1, "de")):
-                    chosen = halves == half
-                    if chosen.any():
-                        row[f"{name}_acc"] = round(100.0 * float(correct[chosen].mean()), 2)
-                        row[f"{name}_ppl"] = round(float(np.exp(nll[chosen].sum() / pieces[chosen].sum())), 3)
-                        row[f"{name}_words"] = int(chosen.sum())
-                rows.append(row)
+    for setting, loaded in _image_settings(task, split, image_orders, seeds):
+        src, tgt = loaded.src, loaded.tgt
+        if drop_full_stop:
+            src, tgt = DropFinalToken(src, dot), DropFinalToken(tgt, dot)
+        base = TLMDataset(
+            src, tgt, loaded.dictionary,
+            (loaded.src_lang, loaded.tgt_lang, loaded.img_lang), loaded.masking, loaded.mask_idx,
+            regions=loaded.regions, pair_indices=loaded.pair_indices, seed=loaded.seed,
+            shuffle=False, deterministic=True,
+        )  # fmt: skip
+        for condition in conditions:
+            spans: Spans = {}
+            for index in range(len(base)):
+                pair = int(base.pair_indices[index])
+                halves = (base.src[pair].tolist(), base.tgt[pair].tolist())
+                chosen = []
+                for half in LAST_WORD_CONDITIONS[condition]:
+                    words = [w for w in word_spans(task.dictionary, halves[half]) if w[0] != full_stop]
+                    if words:
+                        chosen.append((half, words[-1][1], words[-1][2]))
+                if chosen:
+                    spans[index] = chosen
+            dataset = SpanMaskedDataset(base, spans)
+            correct, nll, pieces = restore_spans(model, task, dataset, with_nll=True)
+            row = dict(probe="last_word", **setting, masked=condition)
+            rows.append(_scores_per_half(row, dataset, correct, nll, pieces))
     return rows
 
 
-def _set_probe_inputs(task, order: str, seed: int) -> None:
-    """No random text masking, images unmasked, in the given image order."""
-    task.cfg.mask_prob = 0.0
-    if hasattr(task.cfg, "image_order"):
-        task.cfg.image_order, task.cfg.image_order_seed = order, seed
-        task.cfg.valid_region_mask_prob = 0.0
+def _scores_per_half(row: dict, dataset: SpanMaskedDataset, correct, nll=None, pieces=None) -> dict:
+    """``row`` with accuracy (and, given ``nll``, perplexity per piece) and
+    the number of masked words of each half that had any."""
+    halves = np.array([half for _, half in dataset.span_info])
+    for half, name in ((0, "en"), (1, "de")):
+        chosen = halves == half
+        if chosen.any():
+            row[f"{name}_acc"] = round(100.0 * float(correct[chosen].mean()), 2)
+            if nll is not None:
+                row[f"{name}_ppl"] = round(float(np.exp(nll[chosen].sum() / pieces[chosen].sum())), 3)
+            row[f"{name}_words"] = int(chosen.sum())
+    return row
+
+
+def _image_settings(task, split: str, image_orders, seeds):
+    """Loads ``split`` for each image setting (aligned once, shuffled once per
+    seed) with no random text masking and unmasked images; yields the
+    setting's row labels and the dataset."""
+    for order in image_orders:
+        for seed in seeds if order == "shuffled" else seeds[:1]:
+            task.cfg.mask_prob = 0.0
+            if hasattr(task.cfg, "image_order"):
+                task.cfg.image_order, task.cfg.image_order_seed = order, seed
+                task.cfg.valid_region_mask_prob = 0.0
+            task.load_dataset(split)
+            yield {"images": order, "seed": seed if order == "shuffled" else None}, task.dataset(split)

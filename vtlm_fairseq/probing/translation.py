@@ -7,7 +7,7 @@ MMT shuffled or reversed images."""
 
 import json
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
@@ -93,12 +93,16 @@ def zeroed_mask_embedding(model, mask_idx: int):
         weight.data[mask_idx] = saved
 
 
+def build_generator(model, task, beam: int = 8):
+    """fairseq's beam search with the paper's decoding settings."""
+    return task.build_generator([model], GenerationConfig(beam=beam, lenpen=1.0, max_len_a=1.5, max_len_b=10))
+
+
 @torch.no_grad()
 def translate_dataset(model, task, dataset, beam: int = 8, batch_size: int = 64) -> List[str]:
     """Hypotheses (BPE'd tokens, as fairseq-generate writes them before
     post-processing) in dataset order."""
-    gen = GenerationConfig(beam=beam, lenpen=1.0, max_len_a=1.5, max_len_b=10)
-    generator = task.build_generator([model], gen)
+    generator = build_generator(model, task, beam)
     itr = task.get_batch_iterator(
         dataset, max_sentences=batch_size, max_positions=(1024, 1024), seed=1
     ).next_epoch_itr(shuffle=False)
@@ -138,20 +142,20 @@ def entity_masking_probe(model, task, split: str, words: EntityWords, references
     base = task.dataset(split)
     tokenizer = MosesPipeline(task.cfg.target_lang, lowercase=True, strip_accents=True)
     refs_tok = [tokenizer(r) for r in references]
-    masked_once = EntityMaskedSource(base, task.source_dictionary, words, "mask", task.mask_idx)
+    unknown = set(modes) - {"none", *MODES}
+    if unknown:
+        raise ValueError(f"masking modes must be none or one of {MODES}: {sorted(unknown)}")
+    masked = EntityMaskedSource(base, task.source_dictionary, words, "mask", task.mask_idx)
     rows = []
     for mode in modes:
-        if mode == "none":
-            hyps = translate_dataset(model, task, base, beam)
-        else:
+        # "zero" translates the [MASK] sources with the [MASK] embedding zeroed
+        dataset = masked if mode in ("mask", "zero") else base
+        if mode == "delete":
             dataset = EntityMaskedSource(base, task.source_dictionary, words, mode, task.mask_idx)
-            if mode == "zero":
-                with zeroed_mask_embedding(model, task.mask_idx):
-                    hyps = translate_dataset(model, task, dataset, beam)
-            else:
-                hyps = translate_dataset(model, task, dataset, beam)
+        with zeroed_mask_embedding(model, task.mask_idx) if mode == "zero" else nullcontext():
+            hyps = translate_dataset(model, task, dataset, beam)
         scores = score(hyps, references, task.cfg.target_lang, annotations=annotations)
-        recovered, counted = recovery(hyps, refs_tok, masked_once.masked, words)
+        recovered, counted = recovery(hyps, refs_tok, masked.masked, words)
         rows.append({
             "probe": "entity_masking", "mode": mode, "bleu_detok": scores["bleu_detok"],
             "bleu_tok_lc": scores["bleu_tok_lc"], "entity_recall": round(100.0 * recovered / max(counted, 1), 2),

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq import utils
-from fairseq.data import Dictionary, PrependTokenDataset, data_utils
+from fairseq.data import PrependTokenDataset, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from ..data.feature_store import FeatureStore
 from ..data.multimodal_pair_dataset import IndexSubsetDataset, MultimodalPairDataset
 from ..data.region_dataset import RegionFeatureDataset
-from ..data.splits import load_pair_text, load_split_regions, split_data_path
+from ..data.splits import MASK_SYMBOL, load_pair_text, load_split_regions, load_vocabulary, split_data_path
 from ..languages import language_ids
 from .image_options import ImageOptions
 
@@ -40,7 +40,7 @@ class MultimodalTranslationTask(TranslationTask):
 
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        self.mask_idx = src_dict.index("<mask>")
+        self.mask_idx = src_dict.index(MASK_SYMBOL)
         self.lang_ids = language_ids(cfg.source_lang, cfg.target_lang)
         self.store = FeatureStore(cfg.region_features) if cfg.region_features else None
         if self.store is not None:
@@ -57,12 +57,8 @@ class MultimodalTranslationTask(TranslationTask):
         paths = utils.split_paths(cfg.data)
         if cfg.source_lang is None or cfg.target_lang is None:
             cfg.source_lang, cfg.target_lang = data_utils.infer_language_pair(paths[0])
-        path = os.path.join(paths[0], f"dict.{cfg.source_lang}.txt")
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no dictionary (prepare the data with vtlm-prepare)")
         # the (V)TLM vocabulary: the joined dictionary plus <mask>
-        dictionary = Dictionary.load(path)
-        dictionary.add_symbol("<mask>")
+        dictionary = load_vocabulary(os.path.join(paths[0], f"dict.{cfg.source_lang}.txt"))
         logger.info("[%s-%s] joined dictionary: %d types", cfg.source_lang, cfg.target_lang, len(dictionary))
         return cls(cfg, dictionary, dictionary)
 

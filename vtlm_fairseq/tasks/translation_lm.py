@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from typing import List
 
 from fairseq import utils
-from fairseq.data import Dictionary
 from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
-from ..data.splits import load_pair_text, split_data_path
+from ..data.splits import MASK_SYMBOL, load_pair_text, load_vocabulary, split_data_path
 from ..data.tlm_dataset import MaskingSettings, TLMDataset
 from ..languages import IMG_LANG, language_ids
 
@@ -42,7 +41,7 @@ class TranslationLMTaskBase(FairseqTask):
     def __init__(self, cfg, dictionary):
         super().__init__(cfg)
         self.dictionary = dictionary
-        self.mask_idx = dictionary.add_symbol("<mask>")
+        self.mask_idx = dictionary.index(MASK_SYMBOL)  # setup_task loads it with <mask>
         self.lang_ids = language_ids(cfg.source_lang, cfg.target_lang)
 
     @classmethod
@@ -51,13 +50,11 @@ class TranslationLMTaskBase(FairseqTask):
         if not paths:
             raise ValueError("--data is empty")
         dict_path = os.path.join(paths[0], f"dict.{cfg.source_lang}.txt")
-        if not os.path.isfile(dict_path):
-            raise FileNotFoundError(f"{dict_path}: no dictionary (prepare the data with vtlm-prepare)")
-        dictionary = Dictionary.load(dict_path)
+        dictionary = load_vocabulary(dict_path)
         other = os.path.join(paths[0], f"dict.{cfg.target_lang}.txt")
-        if os.path.isfile(other) and Dictionary.load(other).symbols != dictionary.symbols:
+        if os.path.isfile(other) and load_vocabulary(other).symbols != dictionary.symbols:
             raise ValueError(f"{dict_path} and {other} differ: (V)TLM needs a joined dictionary")
-        logger.info("dictionary: %d types (with <mask>)", len(dictionary) + 1)
+        logger.info("dictionary: %d types (with <mask>)", len(dictionary))
         return cls(cfg, dictionary)
 
     @property
