@@ -4,4 +4,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
+# setup_env.sh installs the [extract] extra: the TensorFlow tests must run, not skip
+export VTLM_REQUIRE_TENSORFLOW=1
 exec python -m pytest tests "$@"

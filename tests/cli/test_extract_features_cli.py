@@ -35,7 +35,7 @@ def test_two_shard_processes_then_merge(tmp_path, caplog):
     """The README recipe: shard 0 as a console command (its own process, as
     on its own GPU), shard 1 in this process, then vtlm-features merge."""
     caplog.set_level(logging.INFO)
-    pytest.importorskip("tensorflow", reason=tiny.TF_MISSING)
+    tiny.require_tensorflow()
     detector = tiny.build_tiny_detector(tmp_path / "detector")
     good = tiny.make_image_folder(tmp_path / "images")
     (tmp_path / "images.txt").write_text(tiny.IMAGE_LIST)

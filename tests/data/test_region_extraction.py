@@ -28,7 +28,7 @@ from vtlm_fairseq.data.region_extraction import (
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """(detector folder, image folder, image list, good images' pixels)."""
-    pytest.importorskip("tensorflow", reason=tiny.TF_MISSING)
+    tiny.require_tensorflow()
     root = tmp_path_factory.mktemp("extraction")
     detector = tiny.build_tiny_detector(root / "detector")
     good = tiny.make_image_folder(root / "images")

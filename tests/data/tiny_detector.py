@@ -12,6 +12,20 @@ TF_MISSING = (
     "TensorFlow is not installed: the detector tests need the [extract] extra "
     "(pip install -e '.[extract]')"
 )
+
+
+def require_tensorflow():
+    """Skips without TensorFlow, except where the environment is known to
+    install it (scripts/test.sh sets VTLM_REQUIRE_TENSORFLOW=1): there a
+    missing TensorFlow is a failure, not a skip."""
+    import os
+
+    import pytest
+
+    if os.environ.get("VTLM_REQUIRE_TENSORFLOW") == "1":
+        import tensorflow  # noqa: F401  (ImportError fails the test)
+    else:
+        pytest.importorskip("tensorflow", reason=TF_MISSING)
 NUM_CLASSES = 10
 # Scores per detection slot, deliberately unsorted. Only the first
 # VALID_DETECTIONS slots are real; the last one has the best score but lies
