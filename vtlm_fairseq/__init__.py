@@ -24,4 +24,10 @@ __version__ = "0.1.0"
 # this, fairseq-generate and resumed training refuse our own checkpoints.
 torch.serialization.add_safe_globals([argparse.Namespace])
 
+from .errors import install_input_error_hook  # noqa: E402
+
+# Inside fairseq-train/generate/interactive/validate our input errors (a
+# broken store, a missing image, a bad line) end the run as one line, exit 2.
+install_input_error_hook()
+
 from . import criterions, models, tasks  # noqa: E402,F401  (fairseq registries)

@@ -26,6 +26,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 from omegaconf import OmegaConf
 
 from ..data.splits import MASK_SYMBOL, load_vocabulary
+from ..errors import InputError
 from ..languages import IMG_LANG, language_ids
 from .safe_load import load_reference_checkpoint
 
@@ -36,7 +37,7 @@ REFERENCE_SPECIALS = {"<s>": "bos", "</s>": "eos", "<pad>": "pad", "<unk>": "unk
 REFERENCE_MASK = "<special1>"  # XLM's MASK_WORD
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     pass
 
 

@@ -7,10 +7,12 @@ import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..errors import InputError
+
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-class CorpusError(ValueError):
+class CorpusError(InputError):
     """Bad input data; the message starts with ``file:line:`` where it can."""
 
 

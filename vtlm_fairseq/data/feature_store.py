@@ -22,6 +22,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
+from ..errors import InputError
+
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "vtlm-region-features"
@@ -39,7 +41,7 @@ _SCAN_BYTES = 64 << 20
 _ROW_KEYS = ("features", "boxes", "classes", "scores")
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(InputError):
     """A broken or inconsistent store; the message names the file and image."""
 
 

@@ -27,6 +27,7 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from ..errors import InputError
 from .corpus import CorpusError, image_file_name, read_lines
 from .feature_store import (
     DEFAULT_NUM_CLASSES,
@@ -52,7 +53,7 @@ INSTALL_HINT = (
 )
 
 
-class ExtractionError(ValueError):
+class ExtractionError(InputError):
     """A problem with the whole run (image list, detector, store), as opposed
     to one image, which is reported and skipped."""
 

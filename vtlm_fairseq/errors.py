@@ -1,0 +1,43 @@
+"""The one error type for a user's mistake or bad input.
+
+Its message names the file (and line, or image) and the problem. Console
+commands print it alone and exit with status 2 (``cli.command.run_command``);
+inside fairseq's own entry points the plugin's exception hook does the same,
+so bad input never shows as a traceback."""
+
+import logging
+import os
+import sys
+
+USAGE_ERROR_STATUS = 2
+
+
+class InputError(ValueError):
+    """Bad input or a user's mistake; ``str(e)`` is the whole message."""
+
+
+def print_input_error(error: BaseException) -> None:
+    """One line on stderr, in fairseq's log format."""
+    logging.getLogger("vtlm_fairseq").error("%s", error)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def _input_error_hook(previous):
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, InputError):
+            print_input_error(exc)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # the interpreter would exit with 1 after any hook
+            os._exit(USAGE_ERROR_STATUS)
+        previous(exc_type, exc, tb)
+
+    hook.vtlm_input_error_hook = True
+    return hook
+
+
+def install_input_error_hook() -> None:
+    """fairseq-train/generate/... report our InputErrors as one line and exit 2."""
+    if not getattr(sys.excepthook, "vtlm_input_error_hook", False):
+        sys.excepthook = _input_error_hook(sys.excepthook)
