@@ -1,4 +1,5 @@
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,7 @@ def test_prepare_reports_bad_input_and_exits_1(tmp_path, caplog):
 
 
 def test_features_commands(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO)
     pk = tmp_path / "pk"
     pk.mkdir()
     rng = np.random.default_rng(0)
@@ -84,25 +86,30 @@ def test_features_commands(tmp_path, capsys, caplog):
 
     with pytest.raises(SystemExit) as e:
         features.cli_main(["import", str(pk), store, "--order", str(order)])
-    out = capsys.readouterr().out
     assert e.value.code == 2  # an order-file image has no pickle
-    assert "imported 2 images" in out and "broken.jpg.pkl" in out and "train.order:3: c.jpg" in out
+    assert "imported 2 images" in caplog.text and "broken.jpg.pkl" in caplog.text
+    assert "train.order:3: c.jpg" in caplog.text and capsys.readouterr().out == ""
 
     with pytest.raises(SystemExit) as e:
         features.cli_main(["validate", store, "--order", str(order)])
-    out = capsys.readouterr().out
-    assert e.value.code == 2 and "train.order:3: image 'c.jpg' is not in" in out
+    assert e.value.code == 2 and "train.order:3: image 'c.jpg' is not in" in caplog.text
 
     with pytest.raises(SystemExit) as e:
         features.cli_main(["inspect", store, "--image", "a.jpg"])
-    out = capsys.readouterr().out
-    assert e.value.code == 0 and '"images": 2' in out and "a.jpg: 5 regions" in out
+    summary = json.loads(capsys.readouterr().out)  # stdout is the JSON alone
+    assert e.value.code == 0 and summary["images"] == 2 and len(summary["regions"]["a.jpg"]) == 5
 
     make_store(tmp_path / "other.h5", prefix="z", dim=8)
     with pytest.raises(SystemExit) as e:
         features.cli_main(["merge", str(tmp_path / "m.h5"), store, str(tmp_path / "other.h5")])
-    assert e.value.code == 1  # R differs (36 vs 6): refused with the reason
+    assert e.value.code == 2  # R differs (36 vs 6): refused with the reason
     assert "R=6, D=8, classes=601 differ from" in caplog.text
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["merge", store, store])
+    assert e.value.code == 2 and "the output is also an input" in caplog.text
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["import", str(pk), store])
+    assert e.value.code == 2 and "s.h5: exists already" in caplog.text
 
     with pytest.raises(SystemExit) as e:
         features.cli_main(["export", store, str(tmp_path / "out"), "--image", "b.jpg"])
@@ -110,4 +117,16 @@ def test_features_commands(tmp_path, capsys, caplog):
 
     with pytest.raises(SystemExit) as e:
         features.cli_main(["inspect", str(tmp_path / "nothing.h5")])
-    assert e.value.code == 1 and "nothing.h5: no such feature store" in caplog.text
+    assert e.value.code == 2 and "nothing.h5: no such feature store" in caplog.text
+
+
+def test_features_inspect_stdout_is_json_alone(tmp_path):
+    """As a user pipes it: the plugin's import (fairseq and its log lines)
+    must not reach stdout."""
+    make_store(tmp_path / "s.h5", dim=8)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "vtlm-features"), "inspect", str(tmp_path / "s.h5")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["feature_dim"] == 8

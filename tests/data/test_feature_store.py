@@ -1,6 +1,8 @@
 import os
 import pickle
 
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from vtlm_fairseq.data.feature_store import (
     FeatureStoreError,
     FeatureStoreWriter,
     merge_stores,
+    partial_path,
 )
 
 R, D = 6, 16
@@ -71,21 +74,61 @@ def test_append_resumes_and_skips_present(tmp_path):
     np.testing.assert_array_equal(store.read("new.jpg").classes, extra.classes)
 
 
-def test_interrupted_writer_leaves_its_flushed_images(tmp_path, monkeypatch):
-    import vtlm_fairseq.data.feature_store as fs
-
-    monkeypatch.setattr(fs, "_FLUSH_EVERY", 2)
+def test_store_appears_only_when_complete(tmp_path):
+    """A writer that dies before close() leaves no store, only its .partial,
+    which the next writer discards; an existing store stays as it was."""
     path = tmp_path / "s.h5"
+    before = make_store(path, counts=(6, 2))
     rng = np.random.default_rng(0)
-    w = FeatureStoreWriter(path, num_regions=R, feature_dim=D)
-    for i in range(5):
-        w.add(f"i{i}", random_regions(rng, 3, D))
-    w._file.close()  # a crash: no close(), the fifth image was never flushed
-    store = FeatureStore(path)
-    assert store.names == ["i0", "i1", "i2", "i3"]
-    with FeatureStoreWriter(path, append=True) as w2:  # resume
-        w2.add("i4", random_regions(rng, 3, D))
-    assert FeatureStore(path).names == ["i0", "i1", "i2", "i3", "i4"]
+    w = FeatureStoreWriter(path, append=True)
+    w.add("new.jpg", random_regions(rng, 3, D))
+    w._file.close()  # killed: close() never ran
+    assert partial_path(path).exists()
+    assert FeatureStore(path).names == list(before)
+    fresh = tmp_path / "fresh.h5"
+    w = FeatureStoreWriter(fresh, num_regions=R, feature_dim=D)
+    w.add("a.jpg", random_regions(rng, 3, D))
+    w._file.close()
+    assert not fresh.exists()
+    with FeatureStoreWriter(fresh, num_regions=R, feature_dim=D) as again:  # the rerun
+        again.add("b.jpg", random_regions(rng, 3, D))
+    assert FeatureStore(fresh).names == ["b.jpg"] and not partial_path(fresh).exists()
+
+
+def test_failed_writer_leaves_nothing(tmp_path):
+    path = tmp_path / "s.h5"
+    with pytest.raises(RuntimeError):
+        with FeatureStoreWriter(path, num_regions=R, feature_dim=D) as w:
+            w.add("a.jpg", random_regions(np.random.default_rng(0), 3, D))
+            raise RuntimeError("disk full")
+    assert not path.exists() and not partial_path(path).exists()
+
+
+def test_existing_store_is_not_overwritten_silently(tmp_path):
+    path = tmp_path / "s.h5"
+    make_store(path, counts=(2,))
+    with pytest.raises(FeatureStoreError, match="s.h5: exists already"):
+        FeatureStoreWriter(path, num_regions=R, feature_dim=D)
+    with FeatureStoreWriter(path, num_regions=R, feature_dim=D, overwrite=True) as w:
+        w.add("other.jpg", random_regions(np.random.default_rng(0), 3, D))
+    assert FeatureStore(path).names == ["other.jpg"]
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        ({"complete": False}, "incomplete store: the command that wrote it did not finish"),
+        ({"version": 1}, "format version 1.*may be incomplete"),
+        ({"count": 1}, "records 1 images in 2 rows"),
+    ],
+)
+def test_incomplete_or_old_stores_are_refused(tmp_path, attrs, message):
+    path = tmp_path / "s.h5"
+    make_store(path, counts=(2, 3))
+    with h5py.File(path, "a") as f:
+        f.attrs.update(attrs)
+    with pytest.raises(FeatureStoreError, match=message):
+        FeatureStore(path)
 
 
 @pytest.mark.parametrize(
@@ -202,5 +245,34 @@ def test_merge_shards(tmp_path):
     assert merged.names == ["a0.jpg", "a1.jpg", "b0.jpg"]
     for name, regions in {**a, **b}.items():
         np.testing.assert_array_equal(merged.read(name).classes, regions.classes)
+    shutil.copyfile(tmp_path / "a.h5", tmp_path / "a_copy.h5")
     with pytest.raises(FeatureStoreError, match="'a0.jpg' is also in an earlier input"):
-        merge_stores([tmp_path / "a.h5", tmp_path / "a.h5"], tmp_path / "m2.h5")
+        merge_stores([tmp_path / "a.h5", tmp_path / "a_copy.h5"], tmp_path / "m2.h5")
+    assert not (tmp_path / "m2.h5").exists() and not partial_path(tmp_path / "m2.h5").exists()
+    with pytest.raises(FeatureStoreError, match="a.h5: given twice"):
+        merge_stores([tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "a.h5"], tmp_path / "m3.h5")
+
+
+def test_merge_never_destroys_a_store(tmp_path):
+    """merge x x, merge EXISTING other, and a merge failing half way."""
+    x = tmp_path / "x.h5"
+    make_store(x, counts=(6, 2), seed=1, prefix="x")
+    make_store(tmp_path / "y.h5", counts=(3,), seed=2, prefix="y")
+    original = x.read_bytes()
+    with pytest.raises(FeatureStoreError, match="the output is also an input"):
+        merge_stores([x, x], x)
+    with pytest.raises(FeatureStoreError, match="the output is also an input"):
+        merge_stores([tmp_path / "y.h5", tmp_path / "." / "x.h5"], x, force=True)
+    with pytest.raises(FeatureStoreError, match="x.h5: exists already; use --force"):
+        merge_stores([tmp_path / "y.h5"], x)
+    assert x.read_bytes() == original
+    # an input whose features turn out to hold NaN: the merge fails at that
+    # image, the existing output is untouched and nothing partial remains
+    make_store(tmp_path / "nan.h5", counts=(2, 2, 2), seed=3, prefix="n")
+    with h5py.File(tmp_path / "nan.h5", "a") as f:
+        f["features"][2, 0, 0] = np.nan
+    with pytest.raises(FeatureStoreError, match="image 'n2.jpg': features contain NaN"):
+        merge_stores([tmp_path / "y.h5", tmp_path / "nan.h5"], x, force=True)
+    assert x.read_bytes() == original and not partial_path(x).exists()
+    assert merge_stores([tmp_path / "y.h5"], x, force=True) == 1
+    assert FeatureStore(x).names == ["y0.jpg"]

@@ -115,3 +115,54 @@ def test_reference_fixture_pickles_import_exactly(tmp_path):
     np.testing.assert_array_equal(got.features, ref["detection_features"])
     np.testing.assert_array_equal(got.boxes, ref["detection_boxes"])
     np.testing.assert_array_equal(got.classes, ref["detection_classes"])
+
+
+def test_feature_dimension_is_that_of_most_pickles(tmp_path):
+    """An odd file first in sort order must not set the dimension and turn
+    every correct file away."""
+    rng = np.random.default_rng(3)
+    pk = tmp_path / "pickles"
+    pk.mkdir()
+    reference_pickle(pk / "000_odd.jpg.pkl", random_regions(rng, 5, 12))
+    good = {f"{i}.jpg": random_regions(rng, 5, 32) for i in range(4)}
+    for name, regions in good.items():
+        reference_pickle(pk / f"{name}.pkl", regions)
+    report = import_reference_pickles(pk, tmp_path / "s.h5", num_regions=5)
+    assert report.imported == len(good)
+    assert [path for path, _ in report.broken] == [str(pk / "000_odd.jpg.pkl")]
+    assert "expected (5, 32)" in report.broken[0][1]
+    assert FeatureStore(tmp_path / "s.h5").feature_dim == 32
+    forced = import_reference_pickles(pk, tmp_path / "odd.h5", num_regions=5, feature_dim=12)
+    assert forced.imported == 1
+
+
+@pytest.mark.parametrize("count", [-1, 7])
+def test_num_detections_outside_the_file_is_broken(tmp_path, count):
+    """-1 would slice from the end (keeping 5 of 6 regions), 7 past it."""
+    path = tmp_path / "a.jpg.pkl"
+    reference_pickle(path, random_regions(np.random.default_rng(0), 6, 8), num_detections=count)
+    with pytest.raises(ValueError, match=rf"num_detections {count} outside \[0, 6\]"):
+        load_reference_pickle(path)
+
+
+def test_failed_import_leaves_no_store(tmp_path, monkeypatch):
+    import vtlm_fairseq.data.reference_features as rf
+
+    rng = np.random.default_rng(0)
+    pk = tmp_path / "pickles"
+    pk.mkdir()
+    for i in range(3):
+        reference_pickle(pk / f"{i}.jpg.pkl", random_regions(rng, 4, 8))
+    calls = {"n": 0}
+    real = rf.load_reference_pickle
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3 + 2:  # the dimension sample reads all three first
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rf, "load_reference_pickle", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        import_reference_pickles(pk, tmp_path / "s.h5", num_regions=4)
+    assert list(tmp_path.glob("s.h5*")) == []

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.data import tiny_detector as tiny
-from vtlm_fairseq.data.feature_store import FeatureStore, merge_stores
+from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreError, merge_stores
 from vtlm_fairseq.data.region_extraction import (
     ExtractionConfig,
     ExtractionError,
@@ -223,9 +223,9 @@ def test_second_run_resumes_and_refuses_a_different_layout(world, tmp_path):
     assert third.extracted == 0 and third.already_present == len(world[3])
     assert {f.image for f in third.failures} == set(tiny.FAILED)  # retried, failed again
 
-    with pytest.raises(ExtractionError, match="region slots 3, this run asks for 36; pass --max-regions 3"):
+    with pytest.raises(FeatureStoreError, match="region slots 3, this run asks for 36; pass --max-regions 3"):
         extract_region_features(config_for(world, tmp_path / "f.h5", max_regions=36))
-    with pytest.raises(ExtractionError, match="dtype float16, this run asks for float32"):
+    with pytest.raises(FeatureStoreError, match="dtype float16, this run asks for float32"):
         extract_region_features(config_for(world, tmp_path / "f.h5", dtype="float32"))
 
 

@@ -3,50 +3,74 @@
 import argparse
 import json
 import logging
-import sys
 
-from ..data.corpus import CorpusError, read_order_file
-from ..data.feature_store import FeatureStore, FeatureStoreError, merge_stores
+import numpy as np
+
+from ..data.corpus import read_order_file
+from ..data.feature_store import FeatureStore, merge_stores
 from ..data.reference_features import export_reference_pickles, import_reference_pickles
-from .logging_setup import setup_logging
+from .command import run_command
 
 logger = logging.getLogger("vtlm_fairseq.features")
 
 
 def get_parser():
+    fmt = argparse.ArgumentDefaultsHelpFormatter
     p = argparse.ArgumentParser(
-        prog="vtlm-features", description="Manage HDF5 region-feature stores."
+        prog="vtlm-features",
+        description="Manage HDF5 region-feature stores. Every store is written to a temporary file and "
+        "renamed into place when complete, so an interrupted command never leaves half a store.",
+        formatter_class=fmt,
     )
     sub = p.add_subparsers(dest="command", required=True)
 
     imp = sub.add_parser(
-        "import", help="import the reference code's per-image pickles into a store"
+        "import", help="import the reference code's per-image pickles into a store", formatter_class=fmt
     )
-    imp.add_argument("pickle_dir")
-    imp.add_argument("store")
-    imp.add_argument("--num-regions", type=int, default=36)
-    imp.add_argument("--dtype", choices=("float16", "float32"), default="float16")
-    imp.add_argument("--num-classes", type=int, default=601)
-    imp.add_argument("--order", nargs="*", default=[], help="order files to check against")
-    imp.add_argument("--append", action="store_true", help="add to an existing store")
+    imp.add_argument("pickle_dir", help="folder of IMAGE_NAME.pkl files (the reference's extraction output)")
+    imp.add_argument("store", help="the store to write (.h5)")
+    imp.add_argument("--num-regions", type=int, default=36, help="region slots per image (top regions by score)")
+    imp.add_argument("--feature-dim", type=int, default=None,
+                     help="feature dimension to import; files of another one are reported as broken "
+                     "(None: that of most files)")
+    imp.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored feature precision")
+    imp.add_argument("--num-classes", type=int, default=601, help="detector classes (OpenImages v4: 601)")
+    imp.add_argument("--order", nargs="*", default=[], help="order files whose images must have a pickle")
+    imp.add_argument("--append", action="store_true", help="add to an existing store (images in it are skipped)")
+    imp.add_argument("--force", action="store_true", help="replace an existing store")
 
-    ins = sub.add_parser("inspect", help="print a store's summary (and some images)")
-    ins.add_argument("store")
-    ins.add_argument("--image", nargs="*", default=[], help="also print these images")
+    ins = sub.add_parser("inspect", help="print a store's summary as JSON (and some images)", formatter_class=fmt)
+    ins.add_argument("store", help="the store (.h5)")
+    ins.add_argument("--image", nargs="*", default=[], help="also give these images' regions (under 'regions')")
 
-    val = sub.add_parser("validate", help="scan every value; check order files")
-    val.add_argument("store")
+    val = sub.add_parser("validate", help="scan every value; check order files", formatter_class=fmt)
+    val.add_argument("store", help="the store (.h5)")
     val.add_argument("--order", nargs="*", default=[], help="order files whose images must be present")
 
-    mrg = sub.add_parser("merge", help="concatenate stores (e.g. extraction shards)")
-    mrg.add_argument("output")
-    mrg.add_argument("inputs", nargs="+")
+    mrg = sub.add_parser(
+        "merge", help="concatenate stores (e.g. extraction shards) into a new one", formatter_class=fmt
+    )
+    mrg.add_argument("output", help="the merged store to write; must not be one of the inputs")
+    mrg.add_argument("inputs", nargs="+", help="stores to merge, in order; an image in two of them is an error")
+    mrg.add_argument("--force", action="store_true", help="replace an existing output")
 
-    exp = sub.add_parser("export", help="write images as reference-format pickles")
-    exp.add_argument("store")
-    exp.add_argument("out_dir")
-    exp.add_argument("--image", nargs="+", required=True)
-    return p
+    exp = sub.add_parser("export", help="write images as reference-format pickles", formatter_class=fmt)
+    exp.add_argument("store", help="the store (.h5)")
+    exp.add_argument("out_dir", help="folder for the IMAGE_NAME.pkl files")
+    exp.add_argument("--image", nargs="+", required=True, help="images to export")
+    return p  # fmt: skip
+
+
+def _regions_json(regions):
+    return [
+        {
+            "class": int(regions.classes[k]),
+            "score": round(float(regions.scores[k]), 4),
+            "box": [round(float(v), 4) for v in regions.boxes[k]],
+            "feature_norm": round(float(np.linalg.norm(regions.features[k].astype(np.float32))), 4),
+        }
+        for k in range(len(regions))
+    ]
 
 
 def run(args):
@@ -59,22 +83,18 @@ def run(args):
             num_classes=args.num_classes,
             order_files=args.order,
             append=args.append,
+            feature_dim=args.feature_dim,
+            overwrite=args.force,
         )
         for line in report.lines():
-            print(line)
+            logger.info("%s", line)
         return 0 if not report.missing else 2
     if args.command == "inspect":
         store = FeatureStore(args.store, validate="none")
-        print(json.dumps(store.summary(), indent=2))
-        for name in args.image:
-            r = store.read(name)
-            print(f"{name}: {len(r)} regions")
-            for k in range(len(r)):
-                box = ", ".join(f"{v:.3f}" for v in r.boxes[k])
-                print(
-                    f"  {k:3d} class {int(r.classes[k]):3d} score {r.scores[k]:.3f} "
-                    f"box [{box}] |feature| {float((r.features[k].astype('float32') ** 2).sum() ** 0.5):.2f}"
-                )
+        summary = store.summary()
+        if args.image:  # one JSON document, so that `inspect ... | jq` works
+            summary["regions"] = {name: _regions_json(store.read(name)) for name in args.image}
+        print(json.dumps(summary, indent=2))
         return 0
     if args.command == "validate":
         store = FeatureStore(args.store, validate="full")
@@ -83,14 +103,14 @@ def run(args):
             names = read_order_file(order)
             _, absent = store.rows_for(names, order, missing="drop")
             for line, name in absent:
-                print(f"{order}:{line}: image '{name}' is not in {args.store}")
-            print(f"{order}: {len(names) - len(absent)} of {len(names)} images present")
+                logger.error("%s:%d: image '%s' is not in %s", order, line, name, args.store)
+            logger.info("%s: %d of %d images present", order, len(names) - len(absent), len(names))
             status = status or (2 if absent else 0)
-        print(f"{args.store}: {len(store)} images, all values valid")
+        logger.info("%s: %d images, all values valid", args.store, len(store))
         return status
     if args.command == "merge":
-        n = merge_stores(args.inputs, args.output)
-        print(f"{args.output}: {n} images from {len(args.inputs)} stores")
+        n = merge_stores(args.inputs, args.output, force=args.force)
+        logger.info("%s: %d images from %d stores", args.output, n, len(args.inputs))
         return 0
     if args.command == "export":
         for path in export_reference_pickles(args.store, args.image, args.out_dir):
@@ -101,12 +121,7 @@ def run(args):
 
 def cli_main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logging()
-    try:
-        sys.exit(run(args))
-    except (FeatureStoreError, CorpusError) as e:
-        logger.error("%s", e)
-        sys.exit(1)
+    run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

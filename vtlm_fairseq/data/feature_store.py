@@ -15,6 +15,7 @@ DataLoader workers (h5py handles must not cross a fork).
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -27,10 +28,12 @@ from ..errors import InputError
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "vtlm-region-features"
-FORMAT_VERSION = 1
+# 2: stores record that they are complete (``complete``), written through a
+# temporary file renamed into place; 1 could not tell a finished store from
+# an interrupted one
+FORMAT_VERSION = 2
 DEFAULT_NUM_CLASSES = 601
 _GROW_BY = 1024
-_FLUSH_EVERY = 256
 # Scan every feature for NaN/inf on open below this size; above it the scan is
 # left to ``vtlm-features validate`` and each read checks its own image.
 FULL_SCAN_BYTES = 2 << 30
@@ -39,6 +42,9 @@ _SCAN_ROWS = 4096
 # (4096 rows of 36 x 1536 float16 features are 450 MB)
 _SCAN_BYTES = 64 << 20
 _ROW_KEYS = ("features", "boxes", "classes", "scores")
+_ALL_KEYS = ("names",) + _ROW_KEYS + ("num_regions",)
+# attributes the writer sets itself
+_LAYOUT_ATTRS = ("format", "version", "num_classes", "box_format", "count", "complete")
 
 
 class FeatureStoreError(InputError):
@@ -85,9 +91,36 @@ def check_regions(regions: RegionFeatures, where: str, num_classes: int, dim=Non
         raise FeatureStoreError(f"{where}: a box has ymax < ymin or xmax < xmin")
 
 
+def partial_path(path) -> Path:
+    """Where a writer builds ``path`` until it is complete."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class FeatureStoreWriter:
-    """Creates a store, or appends to one (``append=True``: resumable extraction,
-    merges). Every image is checked before it is written."""
+    """Writes a store so that ``path`` is only ever a complete store or
+    absent: rows go to ``path.partial``, which ``close()`` marks complete and
+    renames into place. A writer that is killed, or that fails (an exception
+    inside ``with``), leaves the old ``path`` (if any) untouched; the next
+    writer discards the stale ``.partial``.
+
+    ``append=True`` adds images to an existing store (a copy of it is
+    extended, then renamed over it); ``overwrite=True`` replaces an existing
+    store; otherwise an existing ``path`` is an error. Every image is checked
+    before it is written."""
 
     def __init__(
         self,
@@ -97,25 +130,42 @@ class FeatureStoreWriter:
         dtype: str = "float16",
         num_classes: int = DEFAULT_NUM_CLASSES,
         append: bool = False,
+        overwrite: bool = False,
         attrs: Optional[Dict[str, str]] = None,
     ):
         self.path = Path(path)
-        self._since_flush = 0
+        self.partial = partial_path(self.path)
+        self._file = None
+        if self.path.is_dir():
+            raise FeatureStoreError(f"{self.path}: is a folder, not a store file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial.exists():
+            logger.warning("%s: removing the incomplete store of an interrupted writer", self.partial)
+            self.partial.unlink()
         if append and self.path.exists():
-            self._file = h5py.File(self.path, "a")
+            FeatureStore(self.path, validate="none")  # complete and well-formed, or an error
+            shutil.copyfile(self.path, self.partial)
+            self._file = h5py.File(self.partial, "a")
             self._count = _check_layout(self._file, self.path)
+            self._file.attrs["complete"] = False
             self.num_regions, self.feature_dim = self._file["features"].shape[1:]
             self.num_classes = int(self._file.attrs["num_classes"])
             names = self._file["names"].asstr()[: self._count]
             self._names = {name: i for i, name in enumerate(names)}
             return
+        if self.path.exists() and not (append or overwrite):
+            raise FeatureStoreError(f"{self.path}: exists already (replace it explicitly, or write another file)")
         if dtype not in ("float16", "float32"):
-            raise ValueError(f"dtype must be float16 or float32, not {dtype}")
+            raise FeatureStoreError(f"{self.path}: dtype must be float16 or float32, not {dtype}")
+        if num_regions < 1 or feature_dim < 1 or num_classes < 1:
+            raise FeatureStoreError(
+                f"{self.path}: regions ({num_regions}), feature dimension ({feature_dim}) and classes "
+                f"({num_classes}) must be at least 1"
+            )
         self.num_regions, self.feature_dim = num_regions, feature_dim
         self.num_classes = num_classes
         self._count, self._names = 0, {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = self._file = h5py.File(self.path, "w")
+        f = self._file = h5py.File(self.partial, "w")
         R, D = num_regions, feature_dim
         f.attrs.update(
             format=FORMAT_NAME,
@@ -123,6 +173,7 @@ class FeatureStoreWriter:
             num_classes=num_classes,
             box_format="ymin,xmin,ymax,xmax",
             count=0,
+            complete=False,
         )
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
@@ -139,6 +190,10 @@ class FeatureStoreWriter:
     def __len__(self):
         return self._count
 
+    @property
+    def names(self) -> List[str]:
+        return list(self._names)
+
     def add(self, name: str, regions: RegionFeatures) -> None:
         if not name or name != name.strip():
             raise FeatureStoreError(f"{self.path}: bad image name {name!r}")
@@ -153,7 +208,7 @@ class FeatureStoreWriter:
         check_regions(regions, where, self.num_classes, self.feature_dim)
         f, i = self._file, self._count
         if i >= f["names"].shape[0]:
-            for key in ("names", "features", "boxes", "classes", "scores", "num_regions"):
+            for key in _ALL_KEYS:
                 f[key].resize(i + _GROW_BY, axis=0)
         R = self.num_regions
         f["names"][i] = name
@@ -164,32 +219,38 @@ class FeatureStoreWriter:
         f["num_regions"][i] = n
         self._names[name] = i
         self._count = i + 1
-        self._since_flush += 1
-        if self._since_flush >= _FLUSH_EVERY:
-            self.flush()
-
-    def flush(self) -> None:
-        """Makes the images written so far durable: ``count`` is what readers
-        trust, so a killed writer leaves a valid store of its flushed images."""
-        self._file.attrs["count"] = self._count
-        self._file.flush()
-        self._since_flush = 0
 
     def close(self) -> None:
+        """Marks the store complete and renames it into place."""
         if self._file is None:
             return
         f = self._file
-        for key in ("names", "features", "boxes", "classes", "scores", "num_regions"):
+        for key in _ALL_KEYS:
             f[key].resize(self._count, axis=0)
-        self.flush()
+        f.attrs["count"] = self._count
+        f.attrs["complete"] = True
         f.close()
         self._file = None
+        with open(self.partial, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.partial, self.path)
+        _fsync_dir(self.path.parent)
+
+    def abort(self) -> None:
+        """Discards what this writer wrote; an existing store stays as it was."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.partial.unlink(missing_ok=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *_):
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _pad(array: np.ndarray, rows: int) -> np.ndarray:
@@ -201,17 +262,26 @@ def _pad(array: np.ndarray, rows: int) -> np.ndarray:
 
 
 def _check_layout(f: h5py.File, path) -> int:
-    """Checks the tag, version and dataset shapes; returns the image count.
-    Rows past ``count`` are the unflushed tail of an interrupted writer."""
+    """Checks the tag, version, completeness and dataset shapes; returns the
+    image count."""
     if f.attrs.get("format") != FORMAT_NAME:
         raise FeatureStoreError(f"{path}: not a region-feature store (no '{FORMAT_NAME}' tag)")
-    if int(f.attrs.get("version", -1)) != FORMAT_VERSION:
+    version = int(f.attrs.get("version", -1))
+    if version != FORMAT_VERSION:
+        hint = (
+            ": it may be incomplete (version 1 did not record completeness); write it again with this "
+            "version (vtlm-toy-world build, vtlm-features import, vtlm-extract-features)"
+            if version == 1 else ""
+        )  # fmt: skip
         raise FeatureStoreError(
-            f"{path}: store format version {f.attrs.get('version')}, "
-            f"this code reads version {FORMAT_VERSION}"
+            f"{path}: store format version {f.attrs.get('version')}, this code reads version {FORMAT_VERSION}{hint}"
         )
-    keys = ("names", "features", "boxes", "classes", "scores", "num_regions")
-    missing = [k for k in keys if k not in f]
+    if not bool(f.attrs.get("complete", False)):
+        raise FeatureStoreError(
+            f"{path}: incomplete store: the command that wrote it did not finish; run it again "
+            "(extraction and merges continue or start over, they never leave half a store in place)"
+        )
+    missing = [k for k in _ALL_KEYS if k not in f]
     if missing:
         raise FeatureStoreError(f"{path}: missing datasets {missing}")
     n = f["names"].shape[0]
@@ -229,7 +299,7 @@ def _check_layout(f: h5py.File, path) -> int:
                 f"{path}: dataset '{key}' has shape {f[key].shape}, expected {shape}"
             )
     count = int(f.attrs.get("count", -1))
-    if not 0 <= count <= n:
+    if count != n:
         raise FeatureStoreError(f"{path}: records {count} images in {n} rows")
     return count
 
@@ -249,13 +319,6 @@ class FeatureStore:
         try:
             with h5py.File(self.path, "r") as f:
                 count = _check_layout(f, self.path)
-                if count < f["names"].shape[0]:
-                    logger.warning(
-                        "%s: %d rows after the last flush of an interrupted writer "
-                        "are ignored",
-                        self.path,
-                        f["names"].shape[0] - count,
-                    )
                 self.num_regions, self.feature_dim = f["features"].shape[1:]
                 self.dtype = f["features"].dtype
                 self.num_classes = int(f.attrs["num_classes"])
@@ -439,14 +502,39 @@ def _plain(value):
     return value
 
 
-def merge_stores(inputs: Iterable, output, dtype: Optional[str] = None) -> int:
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def merge_stores(
+    inputs: Iterable, output, dtype: Optional[str] = None, force: bool = False, attrs: Optional[Dict[str, str]] = None
+) -> int:
     """Concatenates stores (e.g. extraction shards) into one; an image present
-    in two inputs is an error. Returns the number of images written."""
-    inputs = [FeatureStore(p, validate="quick") for p in inputs]
-    if not inputs:
-        raise ValueError("no stores to merge")
-    first = inputs[0]
-    for store in inputs[1:]:
+    in two inputs is an error. The output appears only when complete (a
+    failed merge leaves nothing); an existing output is refused unless
+    ``force``, an output that is also an input always. Returns the number
+    of images written."""
+    output = Path(output)
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise FeatureStoreError("no stores to merge")
+    for path in paths:
+        if _same_file(path, output):
+            raise FeatureStoreError(f"{output}: the output is also an input; write the merge to another file")
+    seen = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            raise FeatureStoreError(f"{path}: given twice as an input (as {seen[key]} too)")
+        seen[key] = path
+    if output.exists() and not force:
+        raise FeatureStoreError(f"{output}: exists already; use --force to replace it")
+    stores = [FeatureStore(p, validate="quick") for p in paths]
+    first = stores[0]
+    for store in stores[1:]:
         if (store.num_regions, store.feature_dim, store.num_classes) != (
             first.num_regions,
             first.feature_dim,
@@ -456,14 +544,18 @@ def merge_stores(inputs: Iterable, output, dtype: Optional[str] = None) -> int:
                 f"{store.path}: R={store.num_regions}, D={store.feature_dim}, "
                 f"classes={store.num_classes} differ from {first.path}"
             )
+    if attrs is None:  # the first input's provenance (source, detector, ...)
+        attrs = {k: v for k, v in first.attrs.items() if k not in _LAYOUT_ATTRS}
     with FeatureStoreWriter(
         output,
         num_regions=first.num_regions,
         feature_dim=first.feature_dim,
         dtype=dtype or str(first.dtype),
         num_classes=first.num_classes,
+        overwrite=True,
+        attrs=attrs,
     ) as writer:
-        for store in inputs:
+        for store in stores:
             for row, name in enumerate(store.names):
                 if name in writer:
                     raise FeatureStoreError(

@@ -3,9 +3,10 @@ TensorFlow extraction script) to and from our HDF5 store."""
 
 import logging
 import pickle
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -70,15 +71,19 @@ def load_reference_pickle(path: Path, top: Optional[int] = None) -> RegionFeatur
     feats = np.asarray(data["detection_features"], dtype=np.float32)
     if feats.ndim == 4:  # unpooled (n, h, w, D) maps: pool over space
         feats = feats.mean(axis=(1, 2))
-    n = int(data.get("num_detections", len(feats)))
+    if feats.ndim != 2:
+        raise ValueError(f"detection_features has shape {feats.shape}, expected (regions, dims)")
+    boxes = np.asarray(data["detection_boxes"], dtype=np.float32)
+    classes = np.asarray(data["detection_classes"]).astype(np.int64)
+    scores = np.asarray(data["detection_scores"], dtype=np.float32)
+    n = int(np.asarray(data.get("num_detections", len(feats))).reshape(-1)[0])
+    available = min(len(feats), len(boxes), len(classes), len(scores))
+    if not 0 <= n <= available:
+        # a negative count would slice from the end and keep the wrong regions
+        raise ValueError(f"num_detections {n} outside [0, {available}] (the detections the file holds)")
     if top is not None:
         n = min(n, top)
-    return RegionFeatures(
-        features=feats[:n],
-        boxes=np.asarray(data["detection_boxes"], dtype=np.float32)[:n],
-        classes=np.asarray(data["detection_classes"]).astype(np.int64)[:n],
-        scores=np.asarray(data["detection_scores"], dtype=np.float32)[:n],
-    )
+    return RegionFeatures(features=feats[:n], boxes=boxes[:n], classes=classes[:n], scores=scores[:n])
 
 
 @dataclass
@@ -99,6 +104,31 @@ class ImportReport:
         return out
 
 
+def _feature_dim_of(path: Path) -> Optional[int]:
+    try:
+        return int(load_reference_pickle(path).features.shape[1])
+    except Exception:
+        return None
+
+
+def majority_feature_dim(files: Sequence[Path], sample: int = 64) -> int:
+    """The feature dimension most of the pickles have, from up to ``sample``
+    files spread over the list: one odd file early in sort order must not
+    decide the dimension and turn every correct file away."""
+    step = max(1, len(files) // sample)
+    dims = Counter(d for d in map(_feature_dim_of, files[::step][:sample]) if d is not None)
+    if not dims:
+        dims = Counter(d for d in map(_feature_dim_of, files) if d is not None)
+    if not dims:
+        raise FeatureStoreError(f"{files[0].parent}: no readable pickle")
+    if len(dims) > 1:
+        logger.warning(
+            "%s: pickles with different feature dimensions (%s); importing the %d-dim ones",
+            files[0].parent, ", ".join(f"{d}: {c} sampled" for d, c in dims.most_common()), dims.most_common(1)[0][0],
+        )  # fmt: skip
+    return dims.most_common(1)[0][0]
+
+
 def import_reference_pickles(
     pickle_dir,
     store_path,
@@ -107,17 +137,27 @@ def import_reference_pickles(
     num_classes: int = DEFAULT_NUM_CLASSES,
     order_files: Iterable = (),
     append: bool = False,
+    feature_dim: Optional[int] = None,
+    overwrite: bool = False,
 ) -> ImportReport:
-    """Imports every ``*.pkl``/``*.pickle`` of pickle_dir. Broken files are
-    reported and skipped; order files, if given, are checked for images
-    without a pickle. With ``append``, images already stored are skipped."""
+    """Imports every ``*.pkl``/``*.pickle`` of pickle_dir. Broken files
+    (and files of another feature dimension than ``feature_dim``, by default
+    that of most files) are reported and skipped; order files, if given, are
+    checked for images without a pickle. With ``append``, images already
+    stored are skipped. The store appears only when the import is complete."""
     from .corpus import read_order_file
 
+    if not Path(pickle_dir).is_dir():
+        raise FeatureStoreError(f"{pickle_dir}: no such folder of pickles")
+    if num_regions < 1:
+        raise FeatureStoreError(f"--num-regions must be at least 1, not {num_regions}")
     files = sorted(
         p for p in Path(pickle_dir).iterdir() if p.name.endswith(PICKLE_SUFFIXES)
     )
     if not files:
         raise FeatureStoreError(f"{pickle_dir}: no .pkl or .pickle files")
+    if feature_dim is None and not (append and Path(store_path).exists()):
+        feature_dim = majority_feature_dim(files)
     report = ImportReport()
     writer = None
     try:
@@ -135,10 +175,11 @@ def import_reference_pickles(
                 writer = FeatureStoreWriter(
                     store_path,
                     num_regions=num_regions,
-                    feature_dim=regions.features.shape[1],
+                    feature_dim=feature_dim or regions.features.shape[1],
                     dtype=dtype,
                     num_classes=num_classes,
                     append=append,
+                    overwrite=overwrite,
                     attrs={"source": f"reference pickles from {pickle_dir}"},
                 )
                 if name in writer:
@@ -150,9 +191,12 @@ def import_reference_pickles(
                 report.broken.append((str(path), str(e).split(": ", 1)[-1]))
                 continue
             report.imported += 1
-    finally:
+    except BaseException:
         if writer is not None:
-            writer.close()
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
     if writer is None:
         raise FeatureStoreError(f"{pickle_dir}: no readable pickle ({len(report.broken)} broken)")
     store = FeatureStore(store_path, validate="quick")

@@ -29,13 +29,8 @@ import numpy as np
 
 from ..errors import InputError
 from .corpus import CorpusError, image_file_name, read_lines
-from .feature_store import (
-    DEFAULT_NUM_CLASSES,
-    FeatureStore,
-    FeatureStoreError,
-    FeatureStoreWriter,
-    RegionFeatures,
-)
+from .feature_store import DEFAULT_NUM_CLASSES, FeatureStoreError, RegionFeatures
+from .resumable_store import ResumableStoreBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -477,28 +472,12 @@ class ExtractionConfig:
     min_side: int = 16
     signature: str = "serving_default"
     report: Optional[str] = None  # default: OUTPUT with suffix .failures.jsonl
+    part_images: int = 256  # a kill loses at most this many images' work...
+    part_seconds: float = 60.0  # ...or this many seconds of it
 
 
 def default_report_path(output) -> Path:
     return Path(output).with_suffix(".failures.jsonl")
-
-
-def _open_existing_store(config: ExtractionConfig) -> FeatureStoreWriter:
-    """The store of an earlier run, to resume it; refuses one whose layout
-    differs from what this run would write."""
-    existing = FeatureStore(config.output, validate="none")
-    wanted = {
-        "region slots": (existing.num_regions, config.max_regions, "--max-regions"),
-        "classes": (existing.num_classes, config.num_classes, "--num-classes"),
-        "dtype": (str(existing.dtype), config.dtype, "--dtype"),
-    }
-    for what, (have, want, option) in wanted.items():
-        if have != want:
-            raise ExtractionError(
-                f"{config.output}: the existing store has {what} {have}, this run asks "
-                f"for {want}; pass {option} {have} to resume it, or another --output"
-            )
-    return FeatureStoreWriter(config.output, append=True)
 
 
 def extract_region_features(
@@ -510,8 +489,17 @@ def extract_region_features(
     ``config.output``; images already there are skipped (resuming). Failed
     images are reported, written to the failure report and never stop the
     run. ``on_reader`` sees the image reader (for tests and monitoring)."""
-    if config.batch_size < 1 or config.max_regions < 1:
-        raise ExtractionError("--batch-size and --max-regions must be at least 1")
+    for option, value in (("--batch-size", config.batch_size), ("--max-regions", config.max_regions),
+                          ("--num-classes", config.num_classes), ("--min-side", config.min_side),
+                          ("--part-images", config.part_images)):  # fmt: skip
+        if value < 1:
+            raise ExtractionError(f"{option} must be at least 1, not {value}")
+    if not config.part_seconds > 0:
+        raise ExtractionError(f"--part-seconds must be above 0, not {config.part_seconds}")
+    if config.class_offset is not None and config.class_offset < 0:
+        raise ExtractionError(f"--class-offset must be 'auto' or at least 0, not {config.class_offset}")
+    if not Path(config.image_dir).is_dir():
+        raise ExtractionError(f"{config.image_dir}: no such image folder (--image-dir)")
     if config.max_in_memory < config.batch_size:
         raise ExtractionError(
             f"--max-in-memory {config.max_in_memory} is below --batch-size "
@@ -528,42 +516,47 @@ def extract_region_features(
         in_shard=len(entries),
     )
     report_path = Path(config.report) if config.report else default_report_path(config.output)
-    writer = _open_existing_store(config) if Path(config.output).exists() else None
-    try:
-        pending = [e for e in entries if writer is None or e.name not in writer]
-        report.already_present = len(entries) - len(pending)
-        if pending:
-            detector = RegionDetector(
-                config.detector, config.signature, config.num_classes, config.class_offset
+    store = ResumableStoreBuilder(
+        config.output,
+        num_regions=config.max_regions,
+        dtype=config.dtype,
+        num_classes=config.num_classes,
+        attrs={
+            "source": f"vtlm-extract-features {config.detector}",
+            "image_list": str(config.image_list),
+            "shard": f"{config.shard_id}/{config.num_shards}",
+        },
+        part_images=config.part_images,
+        part_seconds=config.part_seconds,
+    )
+    pending = [e for e in entries if e.name not in store]
+    report.already_present = len(entries) - len(pending)
+    if pending:
+        detector = RegionDetector(config.detector, config.signature, config.num_classes, config.class_offset)
+        if store.feature_dim is not None and store.feature_dim != detector.feature_dim:
+            raise ExtractionError(
+                f"{config.output}: the existing store has {store.feature_dim}-dim "
+                f"features, the detector gives {detector.feature_dim}"
             )
-            if writer is None:
-                writer = FeatureStoreWriter(
-                    config.output,
-                    num_regions=config.max_regions,
-                    feature_dim=detector.feature_dim,
-                    dtype=config.dtype,
-                    num_classes=config.num_classes,
-                    attrs={
-                        "source": f"vtlm-extract-features {config.detector}",
-                        "class_offset": str(detector.class_offset),
-                        "image_list": str(config.image_list),
-                        "shard": f"{config.shard_id}/{config.num_shards}",
-                    },
-                )
-            elif writer.feature_dim != detector.feature_dim:
-                raise ExtractionError(
-                    f"{config.output}: the existing store has {writer.feature_dim}-dim "
-                    f"features, the detector gives {detector.feature_dim}"
-                )
-            _run_detector(config, detector, writer, pending, report, progress, on_reader)
-    finally:
-        if writer is not None:
-            writer.close()
+        store.feature_dim = detector.feature_dim
+        store.attrs["class_offset"] = str(detector.class_offset)
+        try:
+            _run_detector(config, detector, store, pending, report, progress, on_reader)
+        except BaseException:
+            # Ctrl-C or an unexpected error: what was extracted is kept, the
+            # rerun continues after it
+            store.commit()
+            raise
+    if store.feature_dim is None:
+        logger.warning("%s: no image in shard %d/%d: no store written", config.image_list, config.shard_id,
+                       config.num_shards)  # fmt: skip
+    else:
+        store.finish()
     report.write_failures(report_path)
     return report
 
 
-def _run_detector(config, detector, writer, pending, report, progress, on_reader) -> None:
+def _run_detector(config, detector, writer: ResumableStoreBuilder, pending, report, progress, on_reader) -> None:
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -584,7 +577,7 @@ def _run_detector(config, detector, writer, pending, report, progress, on_reader
             fail(image, "bad_output", str(e).split(": image ", 1)[-1])
             return
         report.extracted += 1
-        report.fewer_regions += len(regions) < writer.num_regions
+        report.fewer_regions += len(regions) < config.max_regions
 
     def detect(images: List[LoadedImage]) -> None:
         try:
