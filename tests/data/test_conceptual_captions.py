@@ -175,6 +175,36 @@ def test_malformed_lines_are_named_by_file_and_line(tmp_path, line, reason):
         list(CaptionTsvReader(strict=True).read(path))
 
 
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "x.tsv: empty file; expected lines of id, url, English, German"),
+        # the wrong file: no line has the TSV's layout
+        (b"id,url,en,de\n1,http://a.org/1.jpg,a,b\n", "x.tsv: no usable line in 2; the first: {path}:1: expected 4"),
+        (b"\n\n", "no usable line in 2; the first: {path}:1: empty line"),
+    ],
+    ids=["empty", "csv", "blank-lines"],
+)
+def test_a_tsv_without_any_pair_is_an_error(tmp_path, data, reason):
+    path = tmp_path / "x.tsv"
+    path.write_bytes(data)
+    with pytest.raises(CorpusError, match=re.escape(reason.format(path=path))):
+        list(CaptionTsvReader().read(path))
+
+
+def test_a_cut_gzip_tsv_names_the_line(tmp_path):
+    whole = gzip.compress("".join(row(str(k)) + "\n" for k in range(2000)).encode())
+    path = tmp_path / "cut.tsv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CorpusError, match=r"cut\.tsv\.gz:\d+: cannot be read \(Compressed file ended"):
+        list(CaptionTsvReader().read(path))
+
+
+def test_a_folder_is_no_tsv(tmp_path):
+    with pytest.raises(CorpusError, match="is a folder, not a caption TSV"):
+        list(CaptionTsvReader().read(tmp_path))
+
+
 def test_captions_become_single_lines(tmp_path):
     path = tmp_path / "x.tsv"
     path.write_text("1\thttp://a.org/1.jpg\t a  man\u2028walks \r\tein\x0bMann \n", encoding="utf-8")
@@ -193,7 +223,7 @@ def test_existing_output_needs_force_and_stale_splits_go(tmp_path):
     tsvs = write_tsvs(tmp_path / "cc")
     out = tmp_path / "out"
     filter_splits(tsvs, out, IMAGES)
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(CorpusError, match="--force"):  # an InputError: one line, exit 2
         filter_splits(tsvs, out, IMAGES)
     filter_splits({"train": tsvs["train"]}, out, IMAGES, force=True)
     assert sorted(p.name for p in (out / "raw").iterdir()) == ["train.de", "train.en"]
@@ -212,6 +242,10 @@ def test_split_names(tmp_path):
     assert parse_split_args(["a/cc.tsv.train", "dev=b/x.tsv"]) == {"train": "a/cc.tsv.train", "dev": "b/x.tsv"}
     with pytest.raises(CorpusError, match="split 'train' given twice"):
         parse_split_args(["a/cc.tsv.train", "b/cc.tsv.train"])
+    # split names become file names in OUT/raw and in the data-bin
+    for spec in ("../up=x.tsv", "a/b=x.tsv", "my data.tsv", "x.y.tsv"):
+        with pytest.raises(CorpusError, match="is not letters, digits, '_' or '-'"):
+            parse_split_args([spec])
 
 
 def test_pretokenized_text_is_not_tokenised_again():

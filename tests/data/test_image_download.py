@@ -178,6 +178,7 @@ def test_naming_convention(tmp_path):
 # -- the server --------------------------------------------------------------
 
 TIMEOUT = 1.0  # generous for a loaded machine: a good image must never time out
+FTP_URL = "ftp://127.0.0.1/image.jpg"  # loopback only, should anything try it
 SLOW_SECONDS = 10.0  # far beyond the timeout: a run without one would take this long
 
 
@@ -202,6 +203,11 @@ class ImageServer:
             "/flaky.png": self._flaky(),
             "/redirect.png": self._redirect("/good.png"),
             "/redirect-loop.jpg": self._redirect("/redirect-loop.jpg"),
+            # only http(s) may be followed; none of these is ever opened
+            "/redirect-ftp.jpg": self._redirect(FTP_URL),
+            "/redirect-file.jpg": self._redirect("file:///etc/passwd"),
+            "/redirect-data.png": self._redirect("data:image/png;base64,iVBORw0KGgo="),
+            "/redirect-chain.jpg": self._redirect("/redirect-ftp.jpg"),
             "/huge.jpg": self._image(jpeg_bytes(padding=5000), "image/jpeg"),
             "/huge-stream.jpg": self._image(jpeg_bytes(padding=5000), "image/jpeg", length=False),
             "/slow.jpg": self._slow(),
@@ -322,6 +328,11 @@ BAD = {
     "gone": ("/gone.jpg", "http 410 Gone", True),
     "down": ("/down.jpg", "http 503 Service Unavailable (2 attempts)", False),
     "loop": ("/redirect-loop.jpg", "redirect not followed (at most 3)", True),
+    "to_ftp": ("/redirect-ftp.jpg", f"redirect to '{FTP_URL}' refused: only http(s)", True),
+    "to_file": ("/redirect-file.jpg", "redirect to 'file:///etc/passwd' refused: only http(s)", True),
+    "to_data": ("/redirect-data.png", "redirect to 'data:image/png;base64,iVBORw0KGgo=' refused", True),
+    # a redirect to http first, then to ftp: refused at the second step
+    "chain_to_ftp": ("/redirect-chain.jpg", f"redirect to '{FTP_URL}' refused", True),
     "huge": ("/huge.jpg", "too large: 5", True),
     "huge_stream": ("/huge-stream.jpg", "too large: over 4000 bytes", True),
     "slow": ("/slow.jpg", "timeout", False),
@@ -368,6 +379,19 @@ def test_download_fetches_good_images_and_reports_every_failure(server, tmp_path
     # permanent failures are tried once, transient ones retried
     assert server.hits["/missing.jpg"] == 1 and server.hits["/down.jpg"] == 2
     assert server.hits["/huge.jpg"] == 1 and server.hits["/redirect-loop.jpg"] == 4
+    assert server.hits["/redirect-chain.jpg"] == 1 and server.hits["/redirect-ftp.jpg"] == 2
+    assert summary.failure_kinds["redirect"] == 5  # the loop and the four refusals
+
+
+def test_only_http_urls_are_opened(tmp_path):
+    """The opener has no ftp, file or data handler: such a URL, given
+    directly, is a permanent 'bad URL' and never opened."""
+    cfg = quick_config(tmp_path)
+    for url in (FTP_URL, "file:///etc/passwd", "data:image/gif;base64,R0lGODlhAQABAAAAACw="):
+        result = image_download.download_one(DownloadJob("x", url), cfg)
+        assert result.permanent and result.attempts == 1, result
+        assert result.reason.startswith("bad URL: unknown url type"), result
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_second_run_downloads_nothing_new(server, tmp_path):

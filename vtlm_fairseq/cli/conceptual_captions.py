@@ -5,19 +5,21 @@ extracted), prepare the text."""
 import argparse
 import json
 import logging
-import sys
+import math
+import re
 from pathlib import Path
 
 from ..data.conceptual_captions import (
     CC_SPLITS,
+    FILTER_REPORT,
     CaptionPair,
     ProblemLog,
+    check_tsv_path,
     filter_splits,
     parse_split_args,
     read_split_tsvs,
 )
-from ..data.corpus import CorpusError
-from ..data.feature_store import FeatureStore, FeatureStoreError
+from ..data.feature_store import FeatureStore
 from ..data.image_download import (
     FAILURE_REPORT,
     IMAGE_EXTENSIONS,
@@ -25,10 +27,12 @@ from ..data.image_download import (
     DownloadJob,
     download_images,
     index_image_names,
+    make_output_dir,
     scan_image_dir,
 )
 from ..data.preparation import PrepareConfig, prepare
-from .logging_setup import setup_logging
+from ..errors import InputError
+from .command import run_command
 
 logger = logging.getLogger("vtlm_fairseq.cc")
 
@@ -36,30 +40,67 @@ TSV_HELP = (
     "caption TSVs (id, url, English, German), as [NAME=]PATH; the split name "
     "is the file's last suffix (cc-en-de.tsv.train -> train) unless given"
 )
+_SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+class _Parser(argparse.ArgumentParser):
+    """A usage mistake is one line, as every other bad input (exit 2)."""
+
+    def error(self, message):
+        raise InputError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def parse_size(text: str) -> int:
-    """``16M``, ``500K``, ``1G`` or a plain number of bytes."""
-    units = {"K": 1024, "M": 1024**2, "G": 1024**3}
-    text = text.strip().upper().removesuffix("B")
-    try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16M, 500K, 20000000)") from None
+    """``16M``, ``500K``, ``1G`` or a plain number of bytes (at least 1)."""
+    match = re.fullmatch(r"(\d+(?:\.\d*)?)([KMG]?)B?", text.strip().upper())
+    size = int(float(match[1]) * _SIZE_UNITS.get(match[2], 1)) if match else 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"not a size of at least 1 byte: {text!r} (e.g. 16M, 500K, 20000000)")
+    return size
+
+
+def format_size(size: int) -> str:
+    """The inverse of parse_size where it divides evenly: 16777216 -> 16M."""
+    for unit, factor in reversed(_SIZE_UNITS.items()):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _number(kind, minimum, strict=False):
+    """An argparse type: a finite ``kind`` of at least ``minimum`` (above it
+    when ``strict``)."""
+    what = f"{'an integer' if kind is int else 'a number'} {'above' if strict else 'of at least'} {minimum}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+COUNT = _number(int, 0)
+SECONDS = _number(float, 0)
+POSITIVE_SECONDS = _number(float, 0, strict=True)
 
 
 def get_parser():
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="vtlm-cc",
         description=(
             "Conceptual Captions En-De (the paper's cc-en-de.tsv.{train,valid,test}) "
             "for VTLM pre-training: download the images, filter the splits to the "
-            "pairs with an image (and features), prepare the text as vtlm-prepare does."
+            "pairs with an image (and features), prepare the text as vtlm-prepare does. "
+            "Each subcommand prints its summary as JSON on stdout; logs go to stderr."
         ),
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{download,filter,prepare}")
     dl_defaults = DownloadConfig(out_dir="")
 
     dl = sub.add_parser(
@@ -70,31 +111,42 @@ def get_parser():
             "bytes: jpg, png, gif, webp), checks that it is a complete image, and "
             f"reports every failure (id, url, reason) in OUT/{FAILURE_REPORT}. A rerun "
             "fetches only what is missing; permanent failures (404, not an image, too "
-            "large) are not tried again unless --retry-failed, transient ones "
-            "(timeouts, 5xx, connection errors) are."
+            "large, a redirect to anything but http(s)) are not tried again unless "
+            "--retry-failed, transient ones (timeouts, 5xx, connection errors) are. "
+            "Ctrl-C stops within --timeout seconds (exit status 130), keeping every "
+            "image and report line written so far; a rerun continues."
         ),
     )
     dl.add_argument("tsvs", nargs="+", metavar="TSV", help=TSV_HELP)
-    dl.add_argument("--out", required=True, dest="out_dir", help="image folder")
-    dl.add_argument("--workers", type=int, default=dl_defaults.workers, help="parallel downloads")
-    dl.add_argument("--timeout", type=float, default=dl_defaults.timeout,
-                    help="seconds per attempt: to connect, per wait, and for the whole transfer")  # fmt: skip
-    dl.add_argument("--retries", type=int, default=dl_defaults.retries,
-                    help="further attempts after a timeout, 5xx, 408/429 or connection error")  # fmt: skip
-    dl.add_argument("--backoff", type=float, default=dl_defaults.backoff,
-                    help="seconds before the first retry; doubled after each")  # fmt: skip
-    dl.add_argument("--max-bytes", type=parse_size, default=dl_defaults.max_bytes,
-                    help="largest file accepted (e.g. 16M)")  # fmt: skip
-    dl.add_argument("--max-redirects", type=int, default=dl_defaults.max_redirects)
+    dl.add_argument("--out", required=True, dest="out_dir", help="image folder, created if needed (required)")
+    dl.add_argument("--workers", type=POSITIVE_INT, default=dl_defaults.workers,
+                    help="parallel downloads (default: %(default)s)")
+    dl.add_argument("--timeout", type=POSITIVE_SECONDS, default=dl_defaults.timeout,
+                    help="seconds per attempt: to connect, per wait, and for the whole transfer "
+                    "(default: %(default)s)")
+    dl.add_argument("--retries", type=COUNT, default=dl_defaults.retries,
+                    help="further attempts after a timeout, 5xx, 408/429 or connection error (default: %(default)s)")
+    dl.add_argument("--backoff", type=SECONDS, default=dl_defaults.backoff,
+                    help="seconds before the first retry; doubled after each (default: %(default)s)")
+    dl.add_argument("--max-bytes", type=parse_size, default=format_size(dl_defaults.max_bytes),
+                    help="largest file accepted, in bytes or with K, M, G (default: %(default)s)")
+    dl.add_argument("--max-redirects", type=COUNT, default=dl_defaults.max_redirects,
+                    help="redirects followed per image, each to an http(s) URL (default: %(default)s)")
     dl.add_argument("--formats", nargs="+", choices=tuple(IMAGE_EXTENSIONS), default=list(dl_defaults.formats),
-                    help="image formats accepted (default: those the feature extractor decodes)")  # fmt: skip
-    dl.add_argument("--user-agent", default=dl_defaults.user_agent)
-    dl.add_argument("--report", help=f"failure report (default OUT/{FAILURE_REPORT})")
-    dl.add_argument("--retry-failed", action="store_true", help="also retry earlier permanent failures")
+                    help=f"image formats accepted (default: {' '.join(dl_defaults.formats)}, those the feature "
+                    "extractor decodes)")
+    dl.add_argument("--user-agent", default=dl_defaults.user_agent,
+                    help="User-Agent header of every request (default: %(default)r)")
+    dl.add_argument("--report", help=f"failure report, JSON lines (default: OUT/{FAILURE_REPORT})")
+    dl.add_argument("--retry-failed", action="store_true",
+                    help="also retry earlier permanent failures (default: off)")
     dl.add_argument("--verify-existing", action="store_true",
-                    help="re-check the images already there (reads every file) and replace broken ones")  # fmt: skip
-    dl.add_argument("--strict", action="store_true", help="stop at the first malformed TSV line")
-    dl.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+                    help="re-check the images already there (reads every file) and replace broken ones "
+                    "(default: off, a file there counts as downloaded)")
+    dl.add_argument("--strict", action="store_true",
+                    help="stop at the first malformed TSV line (default: off, such lines are counted and skipped)")
+    dl.add_argument("--no-progress", action="store_true",
+                    help="no progress bar (default: off, a bar on stderr when it is a terminal)")  # fmt: skip
 
     flt = sub.add_parser(
         "filter",
@@ -105,16 +157,20 @@ def get_parser():
             "split and dropping the lines that are malformed or whose image is "
             "missing (from --image-dir, or from --features when given). Also "
             "OUT/images.txt (every image once: the feature extractor's list), "
-            "OUT/dropped.tsv (every dropped line and why) and OUT/filter_report.json "
-            "(pairs lost per split)."
+            "OUT/dropped.tsv (every dropped line and why) and "
+            f"OUT/{FILTER_REPORT} (pairs lost per split)."
         ),
     )
     flt.add_argument("tsvs", nargs="+", metavar="TSV", help=TSV_HELP)
-    flt.add_argument("--out", required=True, dest="out_dir")
-    flt.add_argument("--image-dir", help="the download folder (images named <id>.<ext>)")
-    flt.add_argument("--features", help="feature store (HDF5): keep only images that are in it")
-    flt.add_argument("--strict", action="store_true", help="stop at the first malformed TSV line")
-    flt.add_argument("--force", action="store_true", help="rewrite an earlier output")
+    flt.add_argument("--out", required=True, dest="out_dir", help="output folder, created if needed (required)")
+    flt.add_argument("--image-dir",
+                     help="the download folder, images named <id>.<ext> (default: none, the images of "
+                     "--features count; give either or both)")
+    flt.add_argument("--features", help="feature store (HDF5): keep only images that are in it (default: none)")
+    flt.add_argument("--strict", action="store_true",
+                     help="stop at the first malformed TSV line (default: off, such lines are dropped)")
+    flt.add_argument("--force", action="store_true",
+                     help="rewrite an earlier output in OUT (default: off, refused)")  # fmt: skip
 
     defaults = PrepareConfig(raw_dir="", dest_dir="")
     prep = sub.add_parser(
@@ -130,15 +186,37 @@ def get_parser():
     prep.add_argument("filtered_dir", help="output folder of 'vtlm-cc filter'")
     prep.add_argument("dest_dir", help="output data-bin folder")
     prep.add_argument("--pretokenized", nargs="*", default=["en"], metavar="LANG",
-                      help="languages that are tokenised already (default: en; none: --pretokenized)")  # fmt: skip
-    prep.add_argument("--no-lowercase", dest="lowercase", action="store_false")
-    prep.add_argument("--keep-accents", dest="strip_accents", action="store_false")
-    prep.add_argument("--bpe-merges", type=int, default=50000, help="joint BPE merges (the paper: 50000)")
-    prep.add_argument("--bpe-codes", help="apply these BPE codes instead of learning")
-    prep.add_argument("--dictionary", help="binarise with this joined dictionary (as vtlm-prepare --dictionary)")
-    prep.add_argument("--workers", type=int, default=defaults.workers)
-    prep.add_argument("--force", action="store_true", help="rebuild an existing data-bin")
+                      help="languages that are tokenised already (default: en; none: --pretokenized)")
+    prep.add_argument("--no-lowercase", dest="lowercase", action="store_false",
+                      help="keep the case (default: off, text is lowercased)")
+    prep.add_argument("--keep-accents", dest="strip_accents", action="store_false",
+                      help="keep accents (default: off, accents are stripped)")
+    prep.add_argument("--bpe-merges", type=POSITIVE_INT, default=50000,
+                      help="joint BPE merges learned on train (default: %(default)s, the paper's)")
+    prep.add_argument("--bpe-codes", help="apply these BPE codes instead of learning (default: none, learn)")
+    prep.add_argument("--dictionary",
+                      help="binarise with this joined dictionary, as vtlm-prepare --dictionary "
+                      "(default: none, built from train)")
+    prep.add_argument("--workers", type=POSITIVE_INT, default=defaults.workers,
+                      help="processes for tokenisation, BPE and binarisation (default: %(default)s)")
+    prep.add_argument("--force", action="store_true",
+                      help="rebuild an existing data-bin (default: off, refused)")  # fmt: skip
     return p
+
+
+def _input_dir(path, what: str) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"{path}: {'not a folder' if path.exists() else 'no such folder'} ({what})")
+    return path
+
+
+def _tsv_splits(specs) -> dict:
+    """{split: TSV}, each TSV there before any slow work starts."""
+    tsvs = parse_split_args(specs)
+    for path in tsvs.values():
+        check_tsv_path(path)
+    return tsvs
 
 
 def _download_jobs(tsvs, strict):
@@ -148,7 +226,8 @@ def _download_jobs(tsvs, strict):
 
 
 def run_download(args) -> dict:
-    tsvs = parse_split_args(args.tsvs)
+    tsvs = _tsv_splits(args.tsvs)
+    make_output_dir(args.out_dir)  # before the first pass: it takes a while
     # A first pass checks every line before any download starts and gives
     # the progress bar its total; reading millions of lines takes seconds.
     problems = ProblemLog()
@@ -167,7 +246,8 @@ def run_download(args) -> dict:
         out_dir=args.out_dir, workers=args.workers, timeout=args.timeout, retries=args.retries,
         backoff=args.backoff, max_bytes=args.max_bytes, max_redirects=args.max_redirects,
         formats=tuple(args.formats), user_agent=args.user_agent, report=args.report,
-        retry_failed=args.retry_failed, verify_existing=args.verify_existing, progress=args.progress,
+        retry_failed=args.retry_failed, verify_existing=args.verify_existing,
+        progress=False if args.no_progress else None,
     )  # fmt: skip
     summary = download_images(_download_jobs(tsvs, args.strict), cfg, total=jobs)
     return {"malformed_lines": problems.count, **summary.as_dict()}
@@ -175,33 +255,53 @@ def run_download(args) -> dict:
 
 def run_filter(args) -> dict:
     if not args.image_dir and not args.features:
-        raise CorpusError("give --image-dir, --features or both: the images that count as available")
+        raise InputError("give --image-dir, --features or both: the images that count as available")
+    tsvs = _tsv_splits(args.tsvs)
+    make_output_dir(args.out_dir)
     store = None
     if args.features:
+        if Path(args.features).is_dir():  # the store would call it missing
+            raise InputError(f"{args.features}: is a folder, not a feature store (--features)")
         store = FeatureStore(args.features, validate="none")
     if args.image_dir:
-        if not Path(args.image_dir).is_dir():
-            raise CorpusError(f"{args.image_dir}: no such folder")
-        images = scan_image_dir(args.image_dir)
+        images = scan_image_dir(_input_dir(args.image_dir, "--image-dir"))
         logger.info("%s: %d images", args.image_dir, len(images))
     else:  # the store's names are the image file names
         images = index_image_names(store.names, args.features)
     if store is not None:
         logger.info("%s: %d images with features", args.features, len(store))
-    result = filter_splits(
-        parse_split_args(args.tsvs), args.out_dir, images, features=store, strict=args.strict, force=args.force
-    )
+    result = filter_splits(tsvs, args.out_dir, images, features=store, strict=args.strict, force=args.force)
     missing = [s for s in CC_SPLITS if s not in result.splits]
     if missing:
         logger.info("no TSV for split(s) %s", ", ".join(missing))
     return result.as_dict()
 
 
+def _check_filter_output(filtered: Path) -> None:
+    """A filter output whose every split (from its report) holds pairs."""
+    report_path = filtered / FILTER_REPORT
+    if not report_path.is_file() or not all((filtered / sub).is_dir() for sub in ("raw", "image_splits")):
+        raise InputError(f"{filtered}: not an output of 'vtlm-cc filter' (no {FILTER_REPORT}, raw/, "
+                         "image_splits/); run 'vtlm-cc filter' first")  # fmt: skip
+    try:
+        splits = json.loads(report_path.read_text(encoding="utf-8"))["splits"]
+        kept = {name: int(split["kept"]) for name, split in splits.items()}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{report_path}: not a report of 'vtlm-cc filter' ({type(e).__name__}: {e})") from None
+    for name, count in kept.items():
+        if count == 0:
+            raise InputError(
+                f"{report_path}: split '{name}' kept no pairs (see {filtered / 'dropped.tsv'}); "
+                "filter again without its TSV, or with its images"
+            )
+
+
 def run_prepare(args) -> dict:
-    filtered = Path(args.filtered_dir)
-    for sub in ("raw", "image_splits"):
-        if not (filtered / sub).is_dir():
-            raise CorpusError(f"{filtered / sub}: missing; run 'vtlm-cc filter' first")
+    filtered = _input_dir(args.filtered_dir, "the output of 'vtlm-cc filter'")
+    _check_filter_output(filtered)
+    # prepare() checks its options and inputs (--bpe-codes, --dictionary, an
+    # earlier data-bin) before any work, but not a dest_dir below a file
+    make_output_dir(args.dest_dir)
     cfg = PrepareConfig(
         raw_dir=str(filtered / "raw"), dest_dir=args.dest_dir, image_splits_dir=str(filtered / "image_splits"),
         pretokenized=args.pretokenized, lowercase=args.lowercase, strip_accents=args.strip_accents,
@@ -216,15 +316,14 @@ def run_prepare(args) -> dict:
 COMMANDS = {"download": run_download, "filter": run_filter, "prepare": run_prepare}
 
 
-def cli_main(argv=None):
+def run(argv=None) -> None:
     args = get_parser().parse_args(argv)
-    setup_logging()
-    try:
-        result = COMMANDS[args.command](args)
-    except (CorpusError, FeatureStoreError, FileExistsError) as e:
-        logger.error("%s", e)
-        sys.exit(1)
-    print(json.dumps(result, indent=2))
+    result = COMMANDS[args.command](args)
+    print(json.dumps(result, indent=2))  # the only output on stdout
+
+
+def cli_main(argv=None):
+    run_command(lambda: run(argv))
 
 
 if __name__ == "__main__":

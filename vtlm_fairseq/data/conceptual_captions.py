@@ -25,8 +25,11 @@ logger = logging.getLogger(__name__)
 
 TSV_COLUMNS = ("id", "url", "English", "German")
 CC_SPLITS = ("train", "valid", "test")
+FILTER_REPORT = "filter_report.json"  # in a filter output: what vtlm-cc prepare reads
 # an id names a file: no separators, no leading dot, nothing a shell mangles
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+# a split names files here and in the data-bin (train.en-de.en.bin): no dots
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 SHOWN_PROBLEMS = 20  # per-line problems logged one by one; the rest counted
 
 
@@ -74,6 +77,14 @@ def _url_problem(url: str) -> Optional[str]:
     return None
 
 
+def check_tsv_path(path) -> None:
+    """CorpusError unless there is a file at ``path`` (before slow work)."""
+    if os.path.isdir(path):
+        raise CorpusError(f"{path}: is a folder, not a caption TSV")
+    if not os.path.exists(path):
+        raise CorpusError(f"{path}: no such file")
+
+
 class CaptionTsvReader:
     """Reads caption TSVs one after the other. It remembers every image id
     across files, because the image file is named by the id: an id that comes
@@ -86,20 +97,33 @@ class CaptionTsvReader:
 
     def read(self, path) -> Iterator[Union[CaptionPair, TsvProblem]]:
         """Yields a CaptionPair per good line and a TsvProblem per bad one
-        (raises CorpusError at the first bad one when strict)."""
+        (raises CorpusError at the first bad one when strict). A file without
+        any good line is a CorpusError at its end: an empty file, or the
+        wrong file (another format, another column layout)."""
         path = str(path)
+        check_tsv_path(path)
         try:
             f = open_binary(path)
-        except FileNotFoundError:
-            raise CorpusError(f"{path}: no such file") from None
         except OSError as e:
-            raise CorpusError(f"{path}: cannot be read ({e})") from None
+            raise CorpusError(f"{path}: cannot be read ({e.strerror or e})") from None
+        lineno, pairs, first_problem = 0, 0, None
         with f:
-            for lineno, raw in enumerate(f, start=1):
-                item = self._parse(path, lineno, raw)
-                if self.strict and isinstance(item, TsvProblem):
-                    raise CorpusError(str(item))
-                yield item
+            try:
+                for lineno, raw in enumerate(f, start=1):
+                    item = self._parse(path, lineno, raw)
+                    if isinstance(item, TsvProblem):
+                        if self.strict:
+                            raise CorpusError(str(item))
+                        first_problem = first_problem or item
+                    else:
+                        pairs += 1
+                    yield item
+            except (OSError, EOFError, zlib.error) as e:  # a cut or corrupt .gz
+                raise CorpusError(f"{path}:{lineno + 1}: cannot be read ({e})") from None
+        if lineno == 0:
+            raise CorpusError(f"{path}: empty file; expected lines of {', '.join(TSV_COLUMNS)}, tab-separated")
+        if pairs == 0:
+            raise CorpusError(f"{path}: no usable line in {lineno}; the first: {first_problem}")
 
     def _parse(self, path: str, lineno: int, raw: bytes) -> Union[CaptionPair, TsvProblem]:
         raw = raw.rstrip(b"\n").rstrip(b"\r")
@@ -169,6 +193,10 @@ def parse_split_args(specs: List[str]) -> Dict[str, str]:
         name, sep, path = spec.partition("=")
         if not sep or not name or os.path.exists(spec):
             name, path = split_name_of(spec), spec
+        if not _SPLIT_NAME.fullmatch(name):
+            raise CorpusError(
+                f"{spec}: split name {name!r} is not letters, digits, '_' or '-' (name it: NAME=PATH)"
+            )
         if name in splits:
             raise CorpusError(f"split '{name}' given twice ({splits[name]} and {path}); name one with NAME=PATH")
         splits[name] = path
@@ -260,12 +288,12 @@ def filter_splits(
     owned = [out_dir / "raw", out_dir / "image_splits"]
     if any(d.is_dir() and any(d.iterdir()) for d in owned):
         if not force:
-            raise FileExistsError(f"{out_dir} already holds filtered splits; use --force to rewrite them")
+            raise CorpusError(f"{out_dir} already holds filtered splits; use --force to rewrite them")
         # a split left from an earlier run would be prepared with the new ones
         for d in owned:
             shutil.rmtree(d, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_path = out_dir / "filter_report.json"
+    report_path = out_dir / FILTER_REPORT
     result = FilterResult(str(out_dir))
     reader = CaptionTsvReader(strict=strict)
     problems = ProblemLog()

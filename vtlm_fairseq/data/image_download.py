@@ -2,7 +2,9 @@
 pool of threads, a time limit per attempt, retries with exponential back-off
 on transient errors, a size cap, a structural check that each file is an
 image, atomic writes, and a JSON-lines report of every failure. A rerun
-fetches only what is missing and skips earlier permanent failures.
+fetches only what is missing and skips earlier permanent failures. Only
+http(s) URLs are fetched, redirects included. Ctrl-C stops the running
+attempts within one time limit and keeps what is done.
 
 Naming convention: the image of id ``X`` is ``X.jpg``, ``X.png``, ``X.gif``
 or ``X.webp``, the extension given by the bytes (not by the URL or the
@@ -17,6 +19,8 @@ import os
 import socket
 import ssl
 import struct
+import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,9 +31,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
 
 from tqdm import tqdm
+
+from ..errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,7 @@ DEFAULT_FORMATS = ("jpeg", "png", "gif")
 PART_SUFFIX = ".part"  # files being written; never an image
 FAILURE_REPORT = "download_failures.jsonl"
 USER_AGENT = "Mozilla/5.0 (compatible; vtlm-fairseq image downloader)"
+URL_SCHEMES = ("http", "https")  # the only ones fetched, redirects included
 
 
 # -- naming ------------------------------------------------------------------
@@ -81,10 +89,30 @@ def index_image_names(names: Iterable[str], where: str = "") -> Dict[str, str]:
     return index
 
 
+def _list_dir(directory) -> List[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as e:
+        raise InputError(f"{directory}: cannot be read as a folder ({e.strerror or e})") from None
+
+
+def make_output_dir(path) -> Path:
+    """Creates a folder (and its parents) for output; InputError when it
+    cannot be one (a file of that name, a file on the way, no permission)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{path}: cannot be created as a folder ({e.strerror or e})") from None
+    return path
+
+
 def scan_image_dir(directory) -> Dict[str, str]:
     """id -> file name of the images in a folder (one listing, no reads)."""
-    with os.scandir(directory) as entries:
-        names = [e.name for e in entries if e.is_file()]
+    names = [e.name for e in _list_dir(directory) if e.is_file()]
     return index_image_names(names, str(directory))
 
 
@@ -319,15 +347,38 @@ class FetchError(Exception):
         self.transient = transient
 
 
-class _LimitedRedirects(urllib.request.HTTPRedirectHandler):
+class _HttpRedirects(urllib.request.HTTPRedirectHandler):
+    """At most ``limit`` redirects, each to an http(s) URL: urllib's own
+    handler also follows ftp:// and refuses file: or data: with a message
+    that reads like a redirect loop."""
+
     def __init__(self, limit: int):
         super().__init__()
         # a loop on one URL counts against the same limit
         self.max_redirections = self.max_repeats = limit
 
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location", headers.get("uri"))
+        # relative locations inherit the scheme of the URL redirected from
+        if location is not None and urlsplit(urljoin(req.full_url, location)).scheme not in URL_SCHEMES:
+            fp.close()
+            raise FetchError(f"redirect to {location!r} refused: only http(s) URLs are followed", False)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
 
 def build_opener(cfg: DownloadConfig) -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_LimitedRedirects(cfg.max_redirects))
+    """An opener that knows http(s) only: no ftp:, file: or data: handler
+    (urllib's build_opener adds them), so no URL can reach them."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+        urllib.request.HTTPDefaultErrorHandler(), _HttpRedirects(cfg.max_redirects),
+        urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler(),
+    ):  # fmt: skip
+        opener.add_handler(handler)
+    return opener
 
 
 def _http_error(e: urllib.error.HTTPError, cfg: DownloadConfig) -> FetchError:
@@ -338,8 +389,9 @@ def _http_error(e: urllib.error.HTTPError, cfg: DownloadConfig) -> FetchError:
     return FetchError(f"http {e.code} {e.reason}", transient)
 
 
-def fetch_once(url: str, cfg: DownloadConfig, opener=None) -> bytes:
-    """One attempt: the body, at most ``max_bytes``, within ``timeout``."""
+def fetch_once(url: str, cfg: DownloadConfig, opener=None, stop: Optional[threading.Event] = None) -> bytes:
+    """One attempt: the body, at most ``max_bytes``, within ``timeout``;
+    given up when ``stop`` is set."""
     opener = opener or build_opener(cfg)
     deadline = time.monotonic() + cfg.timeout
     request = urllib.request.Request(url, headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.5"})
@@ -352,6 +404,8 @@ def fetch_once(url: str, cfg: DownloadConfig, opener=None) -> bytes:
                 raise FetchError(f"too large: {declared} bytes (limit {cfg.max_bytes})", False)
             body = bytearray()
             while True:
+                if stop is not None and stop.is_set():
+                    raise FetchError("interrupted", True)
                 if time.monotonic() > deadline:
                     raise FetchError(f"timeout: transfer not done after {cfg.timeout:g}s", True)
                 # read1: one socket read at most, so the deadline is checked
@@ -412,15 +466,21 @@ def _write_atomically(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def download_one(job: DownloadJob, cfg: DownloadConfig, opener=None) -> FetchResult:
-    """Fetch, check and store one image, retrying transient failures."""
+def download_one(
+    job: DownloadJob, cfg: DownloadConfig, opener=None, stop: Optional[threading.Event] = None
+) -> FetchResult:
+    """Fetch, check and store one image, retrying transient failures; when
+    ``stop`` is set (Ctrl-C), no further attempt starts."""
+    stop = stop or threading.Event()
     result = FetchResult(job)
     for attempt in range(cfg.retries + 1):
-        if attempt:
-            time.sleep(cfg.backoff * 2 ** (attempt - 1))
+        # the back-off wait, cut short by a stop
+        if stop.wait(cfg.backoff * 2 ** (attempt - 1) if attempt else 0):
+            result.reason = "interrupted"
+            return result
         result.attempts = attempt + 1
         try:
-            data = fetch_once(job.url, cfg, opener)
+            data = fetch_once(job.url, cfg, opener, stop)
             fmt = check_image(data, cfg.formats)
         except FetchError as e:
             result.reason, result.permanent = e.reason, not e.transient
@@ -447,13 +507,16 @@ def read_failure_report(path) -> Dict[str, dict]:
     path = Path(path)
     if not path.is_file():
         return records
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            try:
-                record = json.loads(line)
-                records[record["id"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
-                logger.warning("%s:%d: unreadable report line ignored", path, lineno)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, start=1):
+                try:
+                    record = json.loads(line)
+                    records[record["id"]] = record
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    logger.warning("%s:%d: unreadable report line ignored", path, lineno)
+    except OSError as e:
+        raise InputError(f"{path}: the failure report cannot be read ({e.strerror or e})") from None
     return records
 
 
@@ -514,10 +577,25 @@ def failure_kind(reason: str) -> str:
 
 
 def _remove_stale_parts(out_dir: Path) -> None:
-    with os.scandir(out_dir) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
-                os.unlink(entry.path)
+    for entry in _list_dir(out_dir):
+        if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
+            os.unlink(entry.path)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fails before any download, not at the first image."""
+    try:
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".", suffix=PART_SUFFIX):
+            pass
+    except OSError as e:
+        raise InputError(f"{out_dir}: images cannot be written there ({e.strerror or e})") from None
+
+
+def _open_report(path: Path):
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as e:
+        raise InputError(f"{path}: the failure report cannot be written ({e.strerror or e})") from None
 
 
 def download_images(
@@ -526,17 +604,22 @@ def download_images(
     """Downloads every job's image into ``cfg.out_dir`` unless it is there
     already (or failed permanently before); returns counts, and keeps the
     failure report: appended to as failures happen, so an interrupted run
-    loses nothing, and compacted at the end to one line per failed id."""
+    loses nothing, and compacted at the end to one line per failed id.
+
+    Ctrl-C (KeyboardInterrupt): queued jobs are dropped, running ones end
+    at their next read or retry (at the latest after ``timeout``), then the
+    interrupt goes on; the images and report lines written so far stay."""
     start = time.time()
-    out_dir = Path(cfg.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(cfg.out_dir)
     _remove_stale_parts(out_dir)
+    _check_writable(out_dir)
     present = scan_image_dir(out_dir)
     report_path = cfg.report_path
-    report_path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(report_path.parent)
     failed_before = read_failure_report(report_path)
     summary = DownloadSummary(report=str(report_path))
     opener = build_opener(cfg)
+    stop = threading.Event()
     seen = set()
     in_flight_limit = max(1, cfg.workers) * 4  # bounded: the input may hold millions
 
@@ -555,7 +638,7 @@ def download_images(
         return False
 
     bar = tqdm(total=total, unit="img", desc="download", disable=None if cfg.progress is None else not cfg.progress)
-    with open(report_path, "a", encoding="utf-8") as report, ThreadPoolExecutor(
+    with _open_report(report_path) as report, ThreadPoolExecutor(
         max_workers=cfg.workers, thread_name_prefix="download"
     ) as pool:
 
@@ -591,7 +674,7 @@ def download_images(
                     summary.skipped_failed_before += 1
                     bar.update()
                     continue
-                pending.add(pool.submit(download_one, job, cfg, opener))
+                pending.add(pool.submit(download_one, job, cfg, opener, stop))
                 if len(pending) >= in_flight_limit:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     collect(done)
@@ -599,9 +682,12 @@ def download_images(
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 collect(done)
         except BaseException:
-            # Ctrl-C: drop queued work; running attempts end within the timeout
-            for future in pending:
-                future.cancel()
+            # Ctrl-C: drop queued work and stop the running downloads; leaving
+            # the pool waits for them, so that no image is left half written.
+            # Their results are not collected: an interrupted attempt is no
+            # failure to report, and a finished image is found by a rerun.
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             bar.close()
