@@ -129,3 +129,101 @@ def test_two_cpu_processes_match_one_process_with_the_doubled_batch(toy_data, tm
         assert abs(float(a["loss"]) - float(b["loss"])) < 2e-3, (a, b)
         assert abs(float(a["mlm_acc"]) - float(b["mlm_acc"])) < 1e-6
     assert float(multi[-1]["loss"]) < float(multi[0]["loss"])
+
+
+FAULTS = REPO / "tests" / "fairseq_faults.py"
+
+
+def fault_run(args, fault="none"):
+    """fairseq-train with a fault (tests/fairseq_faults.py); unbuffered, so
+    that a killed run has logged every update it made."""
+    import sys
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, str(FAULTS), fault] + [str(a) for a in args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
+
+
+def test_sigkill_at_random_moments_and_during_checkpoint_writes(toy_data, tmp_path):
+    """One run of 36 updates (a checkpoint every 3) is SIGKILLed 12 times:
+    at seeded random moments of training, and while a checkpoint is written
+    (half way through the write, after the rename, half way through the copy
+    to checkpoint_last.pt). Each rerun resumes; every update's loss, whichever
+    run logged it, equals the uninterrupted run's, and so do the weights."""
+    import random
+
+    common = train_args(toy_data) + ["--batch-size", "16", "--max-update", "36", "--save-interval-updates", "3",
+                                     "--disable-validation", "--num-workers", "0"]  # fmt: skip
+    straight = {r["num_updates"]: r for r in records(run(common + ["--save-dir", tmp_path / "a"]))}
+    rng = random.Random(2021)
+    save_dir = tmp_path / "b"
+    logged, kills, faults = [], 0, ["kill-in-save", "kill-after-save", "kill-in-copy"]
+    for k in range(12):
+        fault = f"{faults[k % 3]}:{rng.randint(1, 2)}" if k % 2 else "none"
+        proc = fault_run(common + ["--save-dir", save_dir], fault)
+        lines, wait_for = [], rng.randint(0, 4)  # new updates before a random kill
+        for line in proc.stdout:
+            lines.append(line)
+            if fault == "none" and "| train_inner |" in line:
+                wait_for -= 1
+                if wait_for < 0:
+                    time_to_kill = rng.uniform(0, 0.3)
+                    try:
+                        proc.wait(timeout=time_to_kill)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                    break
+        lines += proc.stdout.readlines()
+        proc.wait()
+        kills += proc.returncode == -signal.SIGKILL
+        assert proc.returncode in (0, -signal.SIGKILL), "".join(lines[-30:])
+        logged += [dict(r, run=k, fault=fault) for r in records("".join(lines))]
+        if proc.returncode == 0:
+            break
+    assert kills >= 10, f"only {kills} runs were killed"
+    final = run(common + ["--save-dir", save_dir])
+    logged += [dict(r, run="final") for r in records(final)]
+    assert {r["num_updates"] for r in logged} == set(straight)
+    for record in logged:  # every logged update, the redone ones too
+        want = straight[record["num_updates"]]
+        got = (record["loss"], record["mlm_acc"], record["epoch"])
+        assert got == (want["loss"], want["mlm_acc"], want["epoch"]), (record["run"], record.get("fault"), record)
+    weights = [torch.load(tmp_path / d / "checkpoint_last.pt")["model"] for d in ("a", "b")]
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fault", ["enospc-in-save:2", "enospc-in-copy:2"])
+def test_full_disk_keeps_the_last_good_checkpoint(toy_data, tmp_path, fault):
+    """The second save fails with a full disk: fairseq-train stops, no
+    temporary file is left, checkpoint_last.pt is the first save's."""
+    args = train_args(toy_data) + ["--batch-size", "16", "--max-update", "9", "--save-interval-updates", "3",
+                                   "--disable-validation", "--num-workers", "0", "--save-dir", tmp_path]  # fmt: skip
+    proc = fault_run(args, fault)
+    out = proc.communicate()[0]
+    assert proc.returncode != 0 and "No space left on device" in out
+    assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+    from vtlm_fairseq.checkpoints import read_fairseq_checkpoint
+
+    state = read_fairseq_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert state["optimizer_history"][-1]["num_updates"] == 3
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("--region-features", "none.h5", "none.h5: no region-feature store"),
+     ("--train-subset", "nosuch", "split 'nosuch' not found")],
+    ids=["missing-store", "missing-split"],
+)  # fmt: skip
+def test_bad_input_inside_fairseq_train_is_one_line_and_status_2(toy_data, tmp_path, option, value, message):
+    """Our errors raised inside fairseq-train reach the user as one line."""
+    args = train_args(toy_data) + ["--batch-size", "16", "--max-update", "1", "--save-dir", str(tmp_path)]
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    proc = subprocess.run([FAIRSEQ_TRAIN] + args, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "| ERROR |" in line]
+    assert len(errors) == 1 and message in errors[0]

@@ -30,4 +30,10 @@ from .errors import install_input_error_hook  # noqa: E402
 # broken store, a missing image, a bad line) end the run as one line, exit 2.
 install_input_error_hook()
 
+from . import checkpoint_safety  # noqa: E402
+
+# fairseq copies a saved checkpoint to checkpoint_last.pt in place: make
+# that copy atomic, so that a kill or a full disk never corrupts it.
+checkpoint_safety.install()
+
 from . import criterions, models, tasks  # noqa: E402,F401  (fairseq registries)

@@ -8,6 +8,7 @@ so bad input never shows as a traceback."""
 import logging
 import os
 import sys
+import time
 
 USAGE_ERROR_STATUS = 2
 
@@ -26,8 +27,10 @@ def print_input_error(error: BaseException) -> None:
 def _input_error_hook(previous):
     def hook(exc_type, exc, tb):
         if issubclass(exc_type, InputError):
-            print_input_error(exc)
+            # fairseq logs to stdout; the error goes to stderr all the same
             sys.stdout.flush()
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            sys.stderr.write(f"{stamp} | ERROR | vtlm_fairseq | {exc}\n")
             sys.stderr.flush()
             # the interpreter would exit with 1 after any hook
             os._exit(USAGE_ERROR_STATUS)

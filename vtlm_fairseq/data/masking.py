@@ -10,6 +10,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InputError
+
 MASK, KEEP, RANDOM = 0, 1, 2
 NOT_SELECTED = -1
 
@@ -17,14 +19,14 @@ NOT_SELECTED = -1
 def check_probs(probs: Sequence[float], name: str) -> np.ndarray:
     p = np.asarray(probs, dtype=np.float64)
     if p.shape != (3,) or (p < 0).any() or abs(p.sum() - 1.0) > 1e-6:
-        raise ValueError(f"{name} must be three probabilities (mask, keep, random) summing to 1: {list(probs)}")
+        raise InputError(f"{name} must be three probabilities (mask, keep, random) summing to 1: {list(probs)}")
     return p
 
 
 def select(rng: np.random.Generator, eligible: np.ndarray, prob: float) -> np.ndarray:
     """Each eligible position is chosen independently with probability prob."""
     if not 0.0 <= prob <= 1.0:
-        raise ValueError(f"masking probability must lie in [0, 1]: {prob}")
+        raise InputError(f"masking probability must lie in [0, 1]: {prob}")
     return eligible & (rng.random(eligible.shape) < prob)
 
 

@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 from fairseq import utils
 from fairseq.data import Dictionary, data_utils
 
+from ..errors import InputError
 from .feature_store import FeatureStore
 from .region_dataset import RegionFeatureDataset
 
@@ -19,7 +20,7 @@ def load_vocabulary(path) -> Dictionary:
     """A data-bin's joined dictionary plus ``<mask>``: the vocabulary of the
     tasks' models (and of converted reference checkpoints)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no dictionary (prepare the data with vtlm-prepare)")
+        raise InputError(f"{path}: no dictionary (prepare the data with vtlm-prepare)")
     dictionary = Dictionary.load(str(path))
     dictionary.add_symbol(MASK_SYMBOL)
     return dictionary
@@ -38,7 +39,7 @@ def load_pair_text(data_path: str, split: str, src: str, tgt: str, dictionary):
         candidates = [os.path.join(data_path, f"{split}.{a}-{b}.{lang}") for a, b in ((src, tgt), (tgt, src))]
         prefix = next((p for p in candidates if os.path.exists(p + ".idx")), None)
         if prefix is None:
-            raise FileNotFoundError(f"{candidates[0]}.{{bin,idx}}: split '{split}' not found in {data_path}")
+            raise InputError(f"{candidates[0]}.{{bin,idx}}: split '{split}' not found in {data_path}")
         texts[lang] = data_utils.load_indexed_dataset(prefix, dictionary)
     return texts[src], texts[tgt]
 
@@ -52,9 +53,9 @@ def load_split_regions(
         return None, None
     order = os.path.join(data_path, f"{split}.order")
     if not os.path.isfile(order):
-        raise FileNotFoundError(f"{order}: no image order file for split '{split}'")
+        raise InputError(f"{order}: no image order file for split '{split}'")
     regions = RegionFeatureDataset.from_order_file(store, order, missing=cfg.missing_images)
     if len(regions) != num_pairs:
-        raise ValueError(f"{order}: {len(regions)} lines for {num_pairs} sentence pairs")
+        raise InputError(f"{order}: {len(regions)} lines for {num_pairs} sentence pairs")
     regions.reorder_images(cfg.image_order, cfg.image_order_seed)
     return regions, regions.kept_indices

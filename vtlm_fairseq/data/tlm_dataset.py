@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset, data_utils
 
+from ..errors import InputError
 from .batching import KeepAllBatchesMixin
 from .masking import MASK, NOT_SELECTED, categories, check_probs, mask_text, select, swap_sources
 from .region_dataset import RegionFeatureDataset
@@ -28,7 +29,7 @@ class MaskingSettings:
         self.text_probs = check_probs(self.text_probs, "text mask probabilities")
         self.region_probs = check_probs(self.region_probs, "region mask probabilities")
         if self.region_mask_type not in ("mask", "zero"):
-            raise ValueError(f"region mask type must be 'mask' or 'zero': {self.region_mask_type}")
+            raise InputError(f"region mask type must be 'mask' or 'zero': {self.region_mask_type}")
 
 
 class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
@@ -99,7 +100,17 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         return int(self.sizes[index])
 
     def ordered_indices(self):
-        order = np.random.permutation(len(self)) if self.shuffle else np.arange(len(self))
+        """Pairs by size, ties in a seeded random order. fairseq seeds this
+        call with (seed + the epoch at which it builds the batches), which is
+        epoch 1 in a run from the start (the batches are reused, shuffled
+        per epoch) but the resumed epoch after a restart at an epoch
+        boundary: seeding with epoch 1 ourselves makes a resumed run draw
+        the batches the uninterrupted one does."""
+        if not self.shuffle:
+            order = np.arange(len(self))
+        else:
+            with data_utils.numpy_seed(self.seed + 1):
+                order = np.random.permutation(len(self))
         return order[np.argsort(self.sizes[order], kind="mergesort")]
 
     def filter_indices_by_size(self, indices, max_sizes):

@@ -13,6 +13,7 @@ from omegaconf import II, MISSING
 
 from ..data.splits import MASK_SYMBOL, load_pair_text, load_vocabulary, split_data_path
 from ..data.tlm_dataset import MaskingSettings, TLMDataset
+from ..errors import InputError
 from ..languages import IMG_LANG, language_ids
 
 logger = logging.getLogger(__name__)
@@ -48,12 +49,12 @@ class TranslationLMTaskBase(FairseqTask):
     def setup_task(cls, cfg, **kwargs):
         paths = utils.split_paths(cfg.data)
         if not paths:
-            raise ValueError("--data is empty")
+            raise InputError("--data is empty")
         dict_path = os.path.join(paths[0], f"dict.{cfg.source_lang}.txt")
         dictionary = load_vocabulary(dict_path)
         other = os.path.join(paths[0], f"dict.{cfg.target_lang}.txt")
         if os.path.isfile(other) and load_vocabulary(other).symbols != dictionary.symbols:
-            raise ValueError(f"{dict_path} and {other} differ: (V)TLM needs a joined dictionary")
+            raise InputError(f"{dict_path} and {other} differ: (V)TLM needs a joined dictionary")
         logger.info("dictionary: %d types (with <mask>)", len(dictionary))
         return cls(cfg, dictionary)
 

@@ -12,6 +12,7 @@ from fairseq.tasks import register_task
 from ..data.feature_store import FeatureStore
 from ..data.splits import load_split_regions, split_data_path
 from ..data.tlm_dataset import MaskingSettings
+from ..errors import InputError
 from .image_options import ImageOptions
 from .translation_lm import TranslationLMConfig, TranslationLMTaskBase
 
@@ -50,7 +51,7 @@ class VisualTranslationLMTask(TranslationLMTaskBase):
         # the store: --region-features, else DATA/features.h5
         path = cfg.region_features or os.path.join(split_data_path(cfg.data, epoch=1), "features.h5")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path}: no region-feature store (give --region-features)")
+            raise InputError(f"{path}: no region-feature store (give --region-features)")
         self.store = FeatureStore(path)
         logger.info(
             "region features: %s (%d images, %d regions x %d dims, %s)",
