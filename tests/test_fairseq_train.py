@@ -44,7 +44,15 @@ def records(log, kind="train_inner"):
 @pytest.mark.parametrize("task", ["visual_tlm", "tlm"])
 def test_trains_validates_and_saves(toy_data, tmp_path, task):
     log = run(train_args(toy_data, task) + ["--batch-size", "16", "--max-update", "20",
-              "--save-dir", str(tmp_path), "--required-batch-size-multiple", "8"])  # fmt: skip
+              "--save-dir", str(tmp_path), "--required-batch-size-multiple", "8",
+              "--tensorboard-logdir", str(tmp_path / "tb")])  # fmt: skip
+    # tensorboard logging works out of the box: event files with our metrics
+    assert "Please install tensorboardX" not in log
+    for split in ("train_inner", "train", "valid"):
+        events = b"".join(p.read_bytes() for p in (tmp_path / "tb" / split).glob("events.out.tfevents.*"))
+        assert b"mlm_loss" in events
+        if split != "valid":  # validation masks no regions by default
+            assert (b"mrc_loss" in events) == (task == "visual_tlm")
     train = records(log)
     assert len(train) == 20
     assert float(train[-1]["mlm_loss"]) < float(train[0]["mlm_loss"])
