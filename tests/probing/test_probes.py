@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from vtlm_fairseq.cli import probe
+from tests.probing.probe_helpers import run_probe
 from vtlm_fairseq.probing.masked_words import SpanMaskedDataset, ambiguous_word_spans, normalise, word_spans
 from vtlm_fairseq.toy_world import read_annotations
 
@@ -25,10 +25,10 @@ def test_word_spans_join_bpe_pieces():
 
 
 def test_span_masking_marks_exactly_the_word(checkpoint, toy_data):
-    from vtlm_fairseq.probing.masked_words import load_pretrained
+    from vtlm_fairseq.hub import load_checkpoint
 
     data, store, world = toy_data
-    model, task = load_pretrained(str(checkpoint), {"data": str(data), "region_features": str(store)})
+    model, task, _ = load_checkpoint(str(checkpoint), {"data": str(data), "region_features": str(store)})
     task.cfg.mask_prob = 0.0
     task.load_dataset("valid")
     base = task.dataset("valid")
@@ -53,8 +53,8 @@ def test_span_masking_marks_exactly_the_word(checkpoint, toy_data):
 def test_probe_commands(checkpoint, toy_data, tmp_path, capsys):
     data, store, world = toy_data
     common = [str(checkpoint), "--data", str(data), "--region-features", str(store)]
-    probe.cli_main(["ambiguous"] + common + ["--annotations", str(world / "ambiguity" / "valid.jsonl"),
-                    "--seeds", "1", "2", "--json", str(tmp_path / "amb.json")])  # fmt: skip
+    assert run_probe(["ambiguous"] + common + ["--annotations", str(world / "ambiguity" / "valid.jsonl"),
+                    "--seeds", "1", "2", "--json", str(tmp_path / "amb.json")]) == 0  # fmt: skip
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(r["images"], r["masked"]) for r in rows] == [
         (order, m) for order in ("aligned", "shuffled", "shuffled") for m in ("en", "de", "de_np", "both")
@@ -63,6 +63,6 @@ def test_probe_commands(checkpoint, toy_data, tmp_path, capsys):
     assert rows[0]["en_words"] == rows[3]["en_words"] == rows[3]["de_words"] == rows[2]["de_words"] > 0
     assert json.loads((tmp_path / "amb.json").read_text()) == rows
 
-    probe.cli_main(["regions"] + common)
+    assert run_probe(["regions"] + common) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert row["regions"] > 0 and 0 <= row["mrc_acc"] <= 100 and 0 < row["majority_acc"] <= 100

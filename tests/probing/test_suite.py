@@ -7,16 +7,16 @@ import json
 import pytest
 import torch
 
-from vtlm_fairseq.cli import probe
+from tests.probing.probe_helpers import run_probe
 from vtlm_fairseq.probing.translation import EntityMaskedSource, EntityWords, recovery
 
 
 @pytest.fixture(scope="module")
 def mmt_task(toy_data, mmt_checkpoint):
-    from vtlm_fairseq.probing.masked_words import load_pretrained
+    from vtlm_fairseq.hub import load_checkpoint
 
     data, store, _ = toy_data
-    return load_pretrained(str(mmt_checkpoint), {"data": str(data), "region_features": str(store)})
+    return load_checkpoint(str(mmt_checkpoint), {"data": str(data), "region_features": str(store)})
 
 
 def test_entity_words_from_package_and_toy_lexicon(toy_data):
@@ -28,7 +28,7 @@ def test_entity_words_from_package_and_toy_lexicon(toy_data):
 
 
 def test_entity_masking_modes_edit_only_entity_words(toy_data, mmt_task):
-    model, task = mmt_task
+    model, task, _ = mmt_task
     words = EntityWords.load(toy_data[2] / "lexicon.json")
     task.load_dataset("test")
     base = task.dataset("test")
@@ -58,7 +58,7 @@ def test_recovery_counts_only_entities_in_the_reference():
 def test_zeroed_mask_embedding_is_restored(mmt_task):
     from vtlm_fairseq.probing.translation import zeroed_mask_embedding
 
-    model, task = mmt_task
+    model, task, _ = mmt_task
     before = model.encoder.embed_tokens.weight[task.mask_idx].clone()
     with zeroed_mask_embedding(model, task.mask_idx):
         assert model.encoder.embed_tokens.weight[task.mask_idx].abs().sum() == 0
@@ -69,12 +69,12 @@ def test_suite_command_writes_report_and_plots(toy_data, vtlm_checkpoint, mmt_ch
                                                tmp_path, capsys):  # fmt: skip
     data, store, world = toy_data
     out = tmp_path / "suite"
-    probe.cli_main([
+    assert run_probe([
         "suite", "--pretrained", f"VTLM={vtlm_checkpoint}", "--translation", f"MMT={mmt_checkpoint}",
         f"NMT={nmt_checkpoint}", "--data", str(data), "--region-features", str(store), "--out", str(out),
         "--words", str(world / "lexicon.json"), "--annotations", f"valid={world}/ambiguity/valid.jsonl",
         f"test={world}/ambiguity/test.jsonl", "--seeds", "1", "2", "--beam", "2",
-    ])  # fmt: skip
+    ]) == 0  # fmt: skip
     rows = json.loads((out / "probes.json").read_text())
     kinds = {(r["model"], r["probe"]) for r in rows}
     assert kinds == {("VTLM", "last_word"), ("VTLM", "ambiguous_words"), ("MMT", "entity_masking"),
@@ -98,12 +98,12 @@ def test_attention_picture(toy_data, mmt_checkpoint, tmp_path, capsys):
     from vtlm_fairseq.probing.attention import region_attention
 
     data, store, _ = toy_data
-    probe.cli_main(["attention", str(mmt_checkpoint), "--data", str(data), "--region-features", str(store),
-                    "--index", "0", "3", "--out", str(tmp_path / "att.png")])  # fmt: skip
+    assert run_probe(["attention", str(mmt_checkpoint), "--data", str(data), "--region-features", str(store),
+                    "--index", "0", "3", "--out", str(tmp_path / "att.png")]) == 0  # fmt: skip
     assert (tmp_path / "att_0.png").stat().st_size > 10_000 and (tmp_path / "att_3.png").exists()
-    from vtlm_fairseq.probing.masked_words import load_pretrained
+    from vtlm_fairseq.hub import load_checkpoint
 
-    model, task = load_pretrained(str(mmt_checkpoint), {"data": str(data), "region_features": str(store)})
+    model, task, _ = load_checkpoint(str(mmt_checkpoint), {"data": str(data), "region_features": str(store)})
     result = region_attention(model, task, "test", 0)
     att = result["attention"]
     assert att.shape == (len(result["target_tokens"]), 12)  # TINY_WORLD: 12 regions

@@ -5,11 +5,13 @@ heat map."""
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from ..errors import InputError
+from .inputs import check_output_file
 from .translation import build_generator
 
 
@@ -22,12 +24,9 @@ def region_attention(model, task, split: str, index: int, beam: int = 8) -> Dict
     target words, the regions (boxes, classes, image name) and the last
     decoder layer's cross-attention over the regions (target x regions,
     averaged over heads, renormalised over the regions)."""
-    if task.store is None:
-        raise ValueError("the attention picture needs an MMT (a task with --region-features)")
-    task.load_dataset(split)
-    dataset = task.dataset(split)
-    if not 0 <= index < len(dataset):
-        raise IndexError(f"sentence {index}: split '{split}' has {len(dataset)}")
+    if getattr(task, "store", None) is None:
+        raise InputError("the attention picture needs an MMT (a translation task with --region-features)")
+    dataset = split_with_sentences(task, split, [index])
     sample = dataset.collater([dataset[index]])
     generator = build_generator(model, task, beam)
     hypo = task.inference_step(generator, [model], sample)[0][0]
@@ -52,6 +51,32 @@ def region_attention(model, task, split: str, index: int, beam: int = 8) -> Dict
         "classes": regions.classes[:n_regions],
         "image": image_name,
     }
+
+
+def split_with_sentences(task, split: str, indices: Sequence[int]):
+    """The split, loaded, after checking that it has sentences ``indices``."""
+    task.load_dataset(split)
+    dataset = task.dataset(split)
+    outside = [i for i in indices if not 0 <= i < len(dataset)]
+    if outside:
+        raise InputError(f"split '{split}' of {task.cfg.data} has sentences 0 to {len(dataset) - 1}: "
+                         f"no sentence {', '.join(map(str, outside))}")  # fmt: skip
+    return dataset
+
+
+def picture_paths(out, indices: Sequence[int]) -> List[Path]:
+    """Where the pictures of sentences ``indices`` go: ``out``, or with
+    several, ``NAME_INDEX.SUFFIX`` beside it; checked to be writable, in a
+    format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    out = Path(out)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if out.suffix[1:].lower() not in formats:
+        known = ", .".join(sorted(formats))
+        raise InputError(f"{out}: not a picture file name matplotlib can write (ends in .{known})")
+    paths = [out] if len(indices) == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in indices]
+    return [check_output_file(path, "the attention picture") for path in paths]
 
 
 def class_names(path=None) -> Dict[int, str]:

@@ -3,14 +3,15 @@ BPE pieces) of the source and/or target half and measure how often the model
 restores them, with the correct or with incongruent images."""
 
 import logging
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from fairseq import checkpoint_utils
 from fairseq.data import BaseWrapperDataset, data_utils
 
 from ..data.tokenization import strip_accents
+from ..errors import InputError
+from .inputs import annotations_path, check_annotations
 
 logger = logging.getLogger(__name__)
 
@@ -71,23 +72,6 @@ class SpanMaskedDataset(BaseWrapperDataset):
         if samples:
             batch["span_ids"] = data_utils.collate_tokens([s["span_ids"] for s in samples], -1)
         return batch
-
-
-def load_pretrained(checkpoint: str, overrides: Optional[dict] = None):
-    """(model in eval mode, its task). A ``region_features`` override is
-    dropped for a model without region layers (TLM, NMT), so one set of
-    overrides serves a mix of text-only and visual checkpoints."""
-    from fairseq.dataclass.utils import overwrite_args_by_name
-
-    overrides = dict(overrides or {})
-    state = checkpoint_utils.load_checkpoint_to_cpu(checkpoint)  # read once, overrides applied below
-    if overrides.get("region_features") and not any(".region_embedding." in name for name in state["model"]):
-        logger.info("%s has no region layers: probing it without images", checkpoint)
-        del overrides["region_features"]
-    overwrite_args_by_name(state["cfg"], overrides)
-    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], state=state)
-    model = models[0].eval()
-    return model, task
 
 
 @torch.no_grad()
@@ -151,7 +135,11 @@ def ambiguous_word_spans(task, dataset, annotations: Sequence[List[dict]], condi
                 phrase = [normalise(w) for w in item[key].split()]
                 match = find_phrase(words[half], phrase)
                 if len(match) != 1:
-                    raise ValueError(f"pair {pair}: '{item[key]}' found {len(match)} times in half {half}")
+                    raise InputError(
+                        f"{annotations_path(annotations)}:{pair + 1}: '{item[key]}' is {len(match)} times in the "
+                        f"{'source' if half == 0 else 'target'} sentence of pair {pair}, not once "
+                        "(annotations of another split or data-bin?)"
+                    )
                 chosen.append((half, *match[0]))
         if chosen:
             spans[index] = chosen
@@ -166,6 +154,7 @@ def probe_ambiguous_words(
     pieces of a span right), per condition (see CONDITIONS) and image order."""
     rows = []
     for setting, base in _image_settings(task, split, image_orders, seeds):
+        check_annotations(annotations, len(base.src), task, split)
         for condition in conditions:
             dataset = SpanMaskedDataset(base, ambiguous_word_spans(task, base, annotations, condition))
             rows.append(_scores_per_half(dict(setting, masked=condition), dataset, restore_spans(model, task, dataset)))

@@ -5,6 +5,8 @@ from collections import Counter
 
 import torch
 
+from ..errors import InputError
+
 
 @torch.no_grad()
 def region_classification(model, task, split: str, mask_prob: float = 0.15, batch_size: int = 64) -> dict:
@@ -24,6 +26,9 @@ def region_classification(model, task, split: str, mask_prob: float = 0.15, batc
         correct += int((logits.argmax(-1) == target[chosen]).sum())
         targets.update(target[chosen].tolist())
     total = sum(targets.values())
+    if not total:
+        raise InputError(f"split '{split}' of {task.cfg.data}: no region was chosen with probability {mask_prob}; "
+                         "give a higher one or a larger split")  # fmt: skip
     majority_class, majority = targets.most_common(1)[0]
     return {
         "split": split,

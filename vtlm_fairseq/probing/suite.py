@@ -7,7 +7,10 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Dict, List, Optional, Sequence
 
-from .masked_words import load_pretrained, last_word_probe, probe_ambiguous_words
+from ..errors import InputError
+from ..hub import load_checkpoint
+from .inputs import output_folder
+from .masked_words import last_word_probe, probe_ambiguous_words
 from .translation import EntityWords, entity_masking_probe, incongruent_decoding, raw_references
 
 logger = logging.getLogger(__name__)
@@ -27,31 +30,42 @@ def run_suite(
     beam: int = 8,
 ) -> List[dict]:
     """Runs every probe; returns the rows (each tagged with its model)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    words = words or EntityWords.load()
+    if not pretrained and not translation:
+        raise InputError("no checkpoints to probe: give pre-trained and/or translation checkpoints")
+    if not seeds:
+        raise InputError("no seeds for the shuffled images: give at least one")
     annotations = annotations or {}
+    unused = sorted(set(annotations) - {split, pretrained_split})
+    if unused:
+        raise InputError(f"annotations of split(s) {', '.join(unused)}, which no probe reads "
+                         f"(the splits are {pretrained_split} and {split})")  # fmt: skip
+    # before hours of probing, not after
+    missing = [path for path in (*pretrained.values(), *translation.values()) if not Path(path).is_file()]
+    if missing:
+        raise InputError(f"{missing[0]}: no such checkpoint")
+    out_dir = output_folder(out_dir, "the suite's output folder")
+    words = words or EntityWords.load()
     rows: List[dict] = []
     for name, checkpoint in pretrained.items():
         logger.info("pre-trained %s: %s", name, checkpoint)
-        model, task = load_pretrained(checkpoint, overrides)
-        visual = hasattr(task, "store")
-        orders = ("aligned", "shuffled") if visual else ("aligned",)
+        model, task, kind = load_checkpoint(checkpoint, overrides, kinds=("TLM", "VTLM"),
+                                            purpose="vtlm-probe suite --pretrained")  # fmt: skip
+        orders = ("aligned", "shuffled") if kind == "VTLM" else ("aligned",)
         found = last_word_probe(model, task, pretrained_split, image_orders=orders, seeds=tuple(seeds))
         if pretrained_split in annotations:
             found += [dict(r, probe="ambiguous_words") for r in probe_ambiguous_words(
                 model, task, pretrained_split, annotations[pretrained_split], image_orders=orders, seeds=tuple(seeds))]
-        rows += [dict(r, model=name, kind="VTLM" if visual else "TLM") for r in found]
+        rows += [dict(r, model=name, kind=kind) for r in found]
     for name, checkpoint in translation.items():
         logger.info("translation %s: %s", name, checkpoint)
-        model, task = load_pretrained(checkpoint, overrides)
-        visual = task.store is not None
+        model, task, kind = load_checkpoint(checkpoint, overrides, kinds=("NMT", "MMT"),
+                                            purpose="vtlm-probe suite --translation")  # fmt: skip
         refs = raw_references(task, split, references)
         found = entity_masking_probe(model, task, split, words, refs, beam=beam, annotations=annotations.get(split))
-        if visual:
+        if kind == "MMT":
             found += incongruent_decoding(model, task, split, refs, seed=seeds[0], beam=beam,
                                           annotations=annotations.get(split))  # fmt: skip
-        rows += [dict(r, model=name, kind="MMT" if visual else "NMT") for r in found]
+        rows += [dict(r, model=name, kind=kind) for r in found]
     (out_dir / "probes.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out_dir / "probes.md").write_text(markdown_report(rows))
     from .plots import plot_suite

@@ -17,7 +17,10 @@ from fairseq.data import BaseWrapperDataset
 from fairseq.dataclass.configs import GenerationConfig
 
 from ..data.tokenization import MosesPipeline
+from ..errors import InputError
+from ..hub import data_bin_manifest
 from ..scoring import score
+from .inputs import check_annotations
 from .masked_words import normalise, word_spans
 
 logger = logging.getLogger(__name__)
@@ -35,17 +38,30 @@ class EntityWords:
     @classmethod
     def load(cls, path=None) -> "EntityWords":
         """The Multi30k list (default), or a toy world's ``lexicon.json``."""
-        data = json.loads(Path(path or MULTI30K_WORDS).read_text(encoding="utf-8"))
+        path = Path(path or MULTI30K_WORDS)
+        if not path.is_file():
+            raise InputError(f"{path}: no such word list")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:  # not UTF-8, not JSON
+            raise InputError(f"{path}: not a JSON word list ({e})") from None
+        if not isinstance(data, dict) or not {"entries", "nouns"} & set(data):
+            raise InputError(f"{path}: neither an entity word list (with 'entries') nor a toy world lexicon "
+                             "(with 'nouns')")  # fmt: skip
         german: Dict[str, Set[str]] = {}
-        if "entries" in data:  # the repo's list: {class, en: [...], de: [...]}
-            for entry in data["entries"]:
-                for en in entry["en"]:
-                    german.setdefault(normalise(en), set()).update(normalise(d) for d in entry["de"])
-        elif "nouns" in data:  # toy world lexicon: one entry per sense
-            for noun in data["nouns"]:
-                german.setdefault(normalise(noun["en"]), set()).add(normalise(noun["de"]))
-        else:
-            raise ValueError(f"{path}: neither an entity word list nor a toy world lexicon")
+        try:
+            if "entries" in data:  # the repo's list: {class, en: [...], de: [...]}
+                for entry in data["entries"]:
+                    for en in entry["en"]:
+                        german.setdefault(normalise(en), set()).update(normalise(d) for d in entry["de"])
+            else:  # toy world lexicon: one entry per sense
+                for noun in data["nouns"]:
+                    german.setdefault(normalise(noun["en"]), set()).add(normalise(noun["de"]))
+        except (KeyError, TypeError, AttributeError) as e:
+            kind = "entity word list (entries of en, de)" if "entries" in data else "toy world lexicon (nouns: en, de)"
+            raise InputError(f"{path}: not a well-formed {kind}: {type(e).__name__} {e}") from None
+        if not german:
+            raise InputError(f"{path}: no words in it")
         return cls(german)
 
 
@@ -140,6 +156,8 @@ def entity_masking_probe(model, task, split: str, words: EntityWords, references
     entity words."""
     task.load_dataset(split)
     base = task.dataset(split)
+    if annotations is not None:
+        check_annotations(annotations, len(base), task, split)
     tokenizer = MosesPipeline(task.cfg.target_lang, lowercase=True, strip_accents=True)
     refs_tok = [tokenizer(r) for r in references]
     unknown = set(modes) - {"none", *MODES}
@@ -172,6 +190,8 @@ def incongruent_decoding(model, task, split: str, references: Sequence[str], ord
     for order in orders:
         task.cfg.image_order, task.cfg.image_order_seed = order, seed
         task.load_dataset(split)
+        if annotations is not None:
+            check_annotations(annotations, len(task.dataset(split)), task, split)
         hyps = translate_dataset(model, task, task.dataset(split), beam)
         scores = score(hyps, references, task.cfg.target_lang, annotations=annotations)
         row = {"probe": "incongruent", "images": order, "bleu_detok": scores["bleu_detok"],
@@ -189,12 +209,21 @@ def raw_references(task, split: str, path: Optional[str] = None) -> List[str]:
     from ..data.corpus import read_lines
     from ..data.splits import split_data_path
 
+    data = split_data_path(task.cfg.data, 1)
     if path is None:
-        manifest = Path(split_data_path(task.cfg.data, 1)) / "prepare.json"
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{manifest}: no prepare.json; give the raw references")
-        splits = json.loads(manifest.read_text())["splits"]
-        if split not in splits:
-            raise ValueError(f"{manifest}: no split '{split}' (has {', '.join(splits)})")
-        path = splits[split]["text"][task.cfg.target_lang]
-    return read_lines(path)
+        manifest = data_bin_manifest(data)
+        where = Path(data) / "prepare.json"
+        if manifest is None:
+            raise InputError(f"{where}: no such file (vtlm-prepare writes it); give the raw references")
+        try:
+            path = manifest["splits"][split]["text"][task.cfg.target_lang]
+        except (KeyError, TypeError):
+            has = ", ".join(manifest["splits"])
+            raise InputError(f"{where}: no {task.cfg.target_lang} text of split '{split}' (has splits {has}); "
+                             "give the raw references") from None  # fmt: skip
+    references = read_lines(path)
+    task.load_dataset(split)
+    if len(references) != len(task.dataset(split)):
+        raise InputError(f"{path}: {len(references)} references for the {len(task.dataset(split))} sentences "
+                         f"of split '{split}' in {data}")  # fmt: skip
+    return references
