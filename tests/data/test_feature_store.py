@@ -276,3 +276,15 @@ def test_merge_never_destroys_a_store(tmp_path):
     assert x.read_bytes() == original and not partial_path(x).exists()
     assert merge_stores([tmp_path / "y.h5"], x, force=True) == 1
     assert FeatureStore(x).names == ["y0.jpg"]
+
+
+def test_wrong_paths_are_named(tmp_path):
+    with pytest.raises(FeatureStoreError, match="is a folder, not a feature store"):
+        FeatureStore(tmp_path)
+    w = FeatureStoreWriter(tmp_path / "s.h5", num_regions=R, feature_dim=D)
+    w._file.close()  # killed
+    with pytest.raises(FeatureStoreError, match="only the unfinished s.h5.partial of an interrupted writer"):
+        FeatureStore(tmp_path / "s.h5")
+    make_store(tmp_path / "a.h5")
+    with pytest.raises(FeatureStoreError, match="is a folder; give the merged store's file name"):
+        merge_stores([tmp_path / "a.h5"], tmp_path)

@@ -311,7 +311,14 @@ class FeatureStore:
 
     def __init__(self, path, validate: str = "auto"):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise FeatureStoreError(f"{self.path}: is a folder, not a feature store (.h5 file)")
         if not self.path.is_file():
+            if partial_path(self.path).exists():
+                raise FeatureStoreError(
+                    f"{self.path}: not written yet: only the unfinished {partial_path(self.path).name} of an "
+                    "interrupted writer is there; run the command that writes it again"
+                )
             raise FeatureStoreError(f"{self.path}: no such feature store")
         self._file: Optional[h5py.File] = None
         self._pid: Optional[int] = None
@@ -530,6 +537,8 @@ def merge_stores(
         if key in seen:
             raise FeatureStoreError(f"{path}: given twice as an input (as {seen[key]} too)")
         seen[key] = path
+    if output.is_dir():
+        raise FeatureStoreError(f"{output}: is a folder; give the merged store's file name")
     if output.exists() and not force:
         raise FeatureStoreError(f"{output}: exists already; use --force to replace it")
     stores = [FeatureStore(p, validate="quick") for p in paths]

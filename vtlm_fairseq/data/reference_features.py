@@ -211,6 +211,8 @@ def export_reference_pickles(store_path, names: Iterable[str], out_dir) -> List[
     inspection or for tools that read the reference layout."""
     store = FeatureStore(store_path, validate="none")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FeatureStoreError(f"{out_dir}: is a file, not a folder for the pickles")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
