@@ -103,10 +103,13 @@ def read_torch_file(path, allowed: Sequence[Tuple[object, str]], what: str) -> D
         raise CheckpointError(f"{path}: not a complete {what} ({e})") from None
     refused = sorted(imported - {name for _, name in allowed} - TORCH_NAMES)
     if refused:
+        hint = ""
+        if what == "fairseq checkpoint" and any(name.startswith("numpy.") for name in refused):
+            hint = "; a checkpoint of the reference (XLM) code? convert it with vtlm-convert-checkpoint"
         raise UnsafeCheckpointError(
             f"{path}: refused to load: it imports {', '.join(refused)}, which a {what} never holds "
             "(allowed: tensors and plain containers" + (f", {', '.join(n for _, n in allowed)}" if allowed else "")
-            + ")"
+            + ")" + hint
         )
     with torch.serialization.safe_globals([obj for obj, _ in allowed]):
         try:
@@ -148,6 +151,10 @@ def load_trained_model(path, arg_overrides: Optional[Dict] = None, state: Option
         state = read_fairseq_checkpoint(path, arg_overrides)
     try:
         return checkpoint_utils.load_model_ensemble_and_task([str(path)], state=state)
+    except InputError as e:  # raised by our task or model while building
+        if str(path) in str(e):
+            raise
+        raise type(e)(f"{path}: {e}") from None
     except RuntimeError as e:
         if "size mismatch" not in str(e) and "Missing key" not in str(e) and "Unexpected key" not in str(e):
             raise
