@@ -1,18 +1,28 @@
+import re
+import shutil
+
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import TINY_DIMS, setup_fairseq
-from vtlm_fairseq.models.vtlm_translation import text_positions
+from vtlm_fairseq.checkpoints import CheckpointError
+from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreWriter, RegionFeatures
+from vtlm_fairseq.errors import InputError
+from vtlm_fairseq.models.vtlm_translation import VTLMTranslationModel, text_positions
 
 
-def build(toy_data, *extra, features=True):
-    data, store, _ = toy_data
-    argv = [str(data), "--task", "multimodal_translation", "--arch", "vtlm_translation_tiny", *TINY_DIMS,
-            "--criterion", "cross_entropy", *extra]  # fmt: skip
+def build(toy_data, *extra, features=True, task="multimodal_translation", store=None, from_checkpoint=False):
+    """(cfg, task, model) as fairseq-train builds them (``from_checkpoint``:
+    as the loaders of a trained model do)."""
+    data, toy_store, _ = toy_data
+    # a save dir without checkpoint_last.pt: a run that starts, not one that resumes
+    argv = [str(data), "--task", task, "--arch", "vtlm_translation_tiny", *TINY_DIMS,
+            "--criterion", "cross_entropy", "--save-dir", str(data / "no-run-here"), *extra]  # fmt: skip
     if features:
-        argv += ["--region-features", str(store)]
+        argv += ["--region-features", str(store or toy_store)]
     cfg, task = setup_fairseq(argv)
-    return cfg, task, task.build_model(cfg.model)
+    return cfg, task, task.build_model(cfg.model, from_checkpoint=from_checkpoint)
 
 
 def test_initialisation_copies_encoder_into_both_sides(toy_data, vtlm_checkpoint):
@@ -46,10 +56,92 @@ def test_cross_attention_init_can_be_switched_off(toy_data, vtlm_checkpoint):
     assert torch.equal(own["decoder.layers.0.self_attn.q_proj.weight"], pre["encoder.layers.0.self_attn.q_proj.weight"])
 
 
-def test_mismatched_shapes_are_named(toy_data, vtlm_checkpoint):
-    with pytest.raises(ValueError, match=r"'(text_embedding\.)?embed_tokens\.weight' has shape \(\d+, 32\), "
-                       r"'encoder\.(text_embedding\.)?embed_tokens\.weight' needs \(\d+, 48\)"):
+def test_mismatched_shapes_name_the_file_and_the_data_bin(toy_data, vtlm_checkpoint):
+    data = toy_data[0]
+    with pytest.raises(CheckpointError) as e:
         build(toy_data, "--pretrained-checkpoint", str(vtlm_checkpoint), "--encoder-embed-dim", "48")
+    assert str(e.value).startswith(f"{vtlm_checkpoint}: ") and f"data-bin {data}" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert re.search(r"'(text_embedding\.)?embed_tokens\.weight' has shape \(\d+, 32\), "
+                     r"'encoder\.(text_embedding\.)?embed_tokens\.weight' needs \(\d+, 48\)", str(e.value))
+
+
+def test_building_a_model_never_reads_the_pretrained_file(toy_data, tmp_path):
+    # what every loader of a fine-tuned model does (its config still names
+    # the pre-trained file, here one that is gone)
+    gone = tmp_path / "pretraining" / "checkpoint_best.pt"
+    cfg, task, model = build(toy_data, "--pretrained-checkpoint", str(gone), from_checkpoint=True)
+    assert isinstance(model, VTLMTranslationModel)
+    VTLMTranslationModel.build_model(cfg.model, task)
+
+
+def test_missing_pretrained_file_at_training_start_is_named(toy_data, tmp_path):
+    gone = tmp_path / "checkpoint_best.pt"
+    with pytest.raises(InputError, match=f"^{re.escape(str(gone))}: no such file"):
+        build(toy_data, "--pretrained-checkpoint", str(gone))
+
+
+@pytest.mark.parametrize("restore", ["save_dir", "--restore-file", "--finetune-from-model", "--continue-once"])
+def test_resumed_run_is_not_initialised(toy_data, tmp_path, restore, caplog):
+    # fairseq-train restores the weights from this file: the pre-trained one
+    # (gone here) is not needed
+    checkpoint = tmp_path / ("checkpoint_last.pt" if restore == "save_dir" else "other.pt")
+    checkpoint.write_bytes(b"")
+    option = ["--save-dir", str(tmp_path)] if restore == "save_dir" else [restore, str(checkpoint)]
+    gone = tmp_path / "gone" / "checkpoint_best.pt"
+    with caplog.at_level("INFO"):
+        build(toy_data, "--pretrained-checkpoint", str(gone), *option)
+    assert f"the run resumes from {checkpoint}" in caplog.text
+
+
+def test_restore_file_that_does_not_exist_starts_from_the_pretrained_file(toy_data, tmp_path):
+    # fairseq-train trains from scratch when --restore-file is absent
+    gone = tmp_path / "checkpoint_best.pt"
+    with pytest.raises(InputError, match="no such file"):
+        build(toy_data, "--pretrained-checkpoint", str(gone), "--restore-file", str(tmp_path / "absent.pt"))
+
+
+def test_pretrained_checkpoint_needs_our_task(toy_data, vtlm_checkpoint):
+    with pytest.raises(InputError, match="--task translation would ignore it"):
+        build(toy_data, "--pretrained-checkpoint", str(vtlm_checkpoint), task="translation", features=False)
+    # text-only NMT under fairseq's own task still builds
+    _, _, model = build(toy_data, task="translation", features=False)
+    assert model.encoder.region_embedding is None
+
+
+def store_of_dim(path, source: FeatureStore, dim: int):
+    """A one-image store of ``dim``-dim features."""
+    name = source.names[0]
+    r = source.read(name)
+    features = np.resize(r.features, (len(r), dim))
+    with FeatureStoreWriter(path, num_regions=source.num_regions, feature_dim=dim) as w:
+        w.add(name, RegionFeatures(features, r.boxes, r.classes, r.scores))
+    return path
+
+
+def test_trained_weights_that_do_not_fit_are_one_input_error(toy_data, tmp_path):
+    data, store, _ = toy_data
+    _, _, mmt = build(toy_data)
+    _, _, nmt = build(toy_data, features=False)
+    dim = FeatureStore(store).feature_dim
+    other = store_of_dim(tmp_path / "other.h5", FeatureStore(store), dim + 8)
+    _, _, wider = build(toy_data, store=other)
+    cases = [
+        (nmt, mmt, f"is an MMT taking {dim}-dim region features: give --region-features"),
+        (mmt, nmt, f"--region-features {store}: the checkpoint \\(--path\\) is text-only"),
+        (wider, mmt, f"^{other}: {dim + 8}-dim region features, the checkpoint \\(--path\\) was trained on {dim}-dim"),
+    ]
+    for model, trained, message in cases:
+        with pytest.raises(InputError, match=message):
+            model.load_state_dict(trained.state_dict())
+    bigger = tmp_path / "bin"
+    shutil.copytree(data, bigger)
+    for f in bigger.glob("dict.*.txt"):
+        f.write_text(f.read_text() + "an_extra_word 1\n")
+    _, _, other_dict = build((bigger, store, None))
+    with pytest.raises(InputError, match=f"^data-bin {bigger}: its dictionary has {len(mmt.encoder.dictionary) + 1} types"):
+        other_dict.load_state_dict(mmt.state_dict())
+    other_dict.load_state_dict(other_dict.state_dict())  # a fitting checkpoint loads
 
 
 def test_nmt_from_vtlm_reports_region_layers_unused(toy_data, vtlm_checkpoint):

@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from tests.conftest import REPO, run_fairseq, setup_fairseq
+from tests.conftest import REPO, finetune, run_fairseq, setup_fairseq
 from vtlm_fairseq.data.feature_store import FeatureStore
 
 USER_DIR = ["--user-dir", REPO / "vtlm_fairseq"]
@@ -53,34 +53,148 @@ def test_shuffled_images_at_decoding(toy_data, mmt):
     assert len(hypotheses(log)) == 21
 
 
-def test_interactive_with_an_image_per_line(toy_data, mmt):
-    data, store, world = toy_data
-    order = (data / "test.order").read_text().split()
-    raw = (world / "raw" / "test.en").read_text().splitlines()
-    tok = (data / "bpe" / "test.en").read_text().splitlines()
-    lines = "".join(f"{order[i]}\t{tok[i]}\n" for i in range(5))
-    args = [data, *USER_DIR, "--task", "multimodal_translation", "--region-features", store, "--path", mmt,
-            "--beam", "2", "--batch-size", "2", "--buffer-size", "3", "--cpu"]  # fmt: skip
-    log = run_fairseq("fairseq-interactive", args, input=lines)
-    assert len(hypotheses(log)) == 5
-    # the same sentences through fairseq-generate (same images) give the same output
-    gen = dict(hypotheses(generate(toy_data, mmt, "--beam", "2")))
-    inter = dict(hypotheses(log))
-    assert all(inter[i] == gen[i] for i in range(5)), (inter, gen, raw[:5])
+@pytest.fixture(scope="module")
+def generated_beam2(toy_data, mmt):
+    """fairseq-generate's hypotheses of the test split, by id."""
+    return dict(hypotheses(generate(toy_data, mmt, "--beam", "2")))
 
 
-def test_interactive_line_without_image_is_an_error(toy_data, mmt):
+def interactive(toy_data, checkpoint, lines, *extra, features=True):
+    """fairseq-interactive's CompletedProcess on ``lines``."""
     import subprocess
 
     from tests.conftest import fairseq_command
 
     data, store, _ = toy_data
-    proc = subprocess.run(
-        [fairseq_command("fairseq-interactive"), str(data), "--user-dir", str(REPO / "vtlm_fairseq"),
-         "--task", "multimodal_translation", "--region-features", str(store), "--path", str(mmt), "--cpu"],
-        input="a sentence without an image\n", capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode != 0 and "expected 'IMAGE_NAME<TAB>sentence'" in proc.stderr
+    args = [data, *USER_DIR, "--task", "multimodal_translation", "--path", checkpoint, "--beam", "2", "--cpu", *extra]
+    if features:
+        args += ["--region-features", store]
+    return subprocess.run([fairseq_command("fairseq-interactive")] + [str(a) for a in args],
+                          input="".join(f"{line}\n" for line in lines), capture_output=True, text=True)  # fmt: skip
+
+
+def test_interactive_with_an_image_per_line(toy_data, mmt, generated_beam2):
+    data, _, world = toy_data
+    order = (data / "test.order").read_text().split()
+    raw = (world / "raw" / "test.en").read_text().splitlines()
+    tok = (data / "bpe" / "test.en").read_text().splitlines()
+    proc = interactive(toy_data, mmt, [f"{order[i]}\t{tok[i]}" for i in range(5)],
+                       "--batch-size", "2", "--buffer-size", "3")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    inter = dict(hypotheses(proc.stdout))
+    assert len(inter) == 5
+    # the same sentences through fairseq-generate (same images) give the same output
+    assert all(inter[i] == generated_beam2[i] for i in range(5)), (inter, generated_beam2, raw[:5])
+
+
+def test_interactive_reports_bad_lines_and_goes_on(toy_data, mmt, generated_beam2):
+    data, store, _ = toy_data
+    order = (data / "test.order").read_text().split()
+    tok = (data / "bpe" / "test.en").read_text().splitlines()
+    unknown = f"unknown_{order[6]}"
+    assert unknown not in FeatureStore(store)
+    # line i is test pair i, spoilt on the bad lines; with buffers of 3 the
+    # second buffer is all bad
+    bad = {
+        1: (f"{order[1]}\tx\t{tok[1]}", "2 tabs"),
+        3: (tok[3], "no tab"),
+        4: ("", "empty line"),
+        5: (order[5], f"image '{order[5]}' without a sentence"),
+        7: (f"{unknown}\t{tok[7]}", f"image '{unknown}' is not in {store}"),
+    }
+    lines = [bad[i][0] if i in bad else f"{order[i]}\t{tok[i]}" for i in range(9)]
+    good = [i for i in range(len(lines)) if i not in bad]
+    proc = interactive(toy_data, mmt, lines, "--batch-size", "2", "--buffer-size", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for i, (_, problem) in bad.items():
+        assert re.search(rf"input line {i + 1}: {re.escape(problem)}.*; skipped \(no output for id {i}\)",
+                         proc.stderr), proc.stderr[-3000:]  # fmt: skip
+    out = hypotheses(proc.stdout)
+    # the good lines keep their ids, and each id is its own line's translation
+    assert [i for i, _ in out] == good
+    assert all(h == generated_beam2[i] for i, h in out)
+    assert [int(i) for i in re.findall(r"^S-(\d+)\t", proc.stdout, re.M)] == good
+
+
+def test_interactive_text_only_reports_image_lines(toy_data, nmt):
+    data, _, _ = toy_data
+    order = (data / "test.order").read_text().split()
+    tok = (data / "bpe" / "test.en").read_text().splitlines()
+    proc = interactive(toy_data, nmt, [f"{order[0]}\t{tok[0]}", tok[1]], features=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"input line 1: a tab: .*need --region-features", proc.stderr)
+    assert [i for i, _ in hypotheses(proc.stdout)] == [1]
+
+
+def test_finetuned_model_needs_no_pretraining_folder(toy_data, vtlm_checkpoint, tmp_path, monkeypatch):
+    import shutil
+
+    from vtlm_fairseq.hub import VTLMTranslator
+
+    data, store, world = toy_data
+    # our own copy of the shared VTLM, named by a relative path as a recipe would
+    (tmp_path / "pretraining").mkdir()
+    shutil.copy(vtlm_checkpoint, tmp_path / "pretraining" / "checkpoint_last.pt")
+    monkeypatch.chdir(tmp_path)
+    pretrained = "pretraining/checkpoint_last.pt"
+    finetune(toy_data, tmp_path / "mmt", pretrained=pretrained)
+    shutil.rmtree(tmp_path / "pretraining")
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "mmt", moved)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    log = run_fairseq("fairseq-generate", [data, *USER_DIR, "--task", "multimodal_translation",
+                      "--region-features", store, "--path", moved / "checkpoint_last.pt", "--gen-subset", "test",
+                      "--beam", "2", "--batch-size", "8", "--cpu"], cwd=elsewhere)  # fmt: skip
+    assert [i for i, _ in hypotheses(log)] == list(range(len((data / "test.order").read_text().split())))
+    monkeypatch.chdir(elsewhere)
+    mt = VTLMTranslator.from_pretrained(str(moved), "checkpoint_last.pt", data=str(data),
+                                        region_features=str(store), beam=2)  # fmt: skip
+    raw = (world / "raw" / "test.en").read_text().splitlines()
+    assert isinstance(mt.translate(raw[0], images=(data / "test.order").read_text().split()[0]), str)
+    # a killed run resumes from its checkpoint_last.pt, not from the (gone) VTLM
+    monkeypatch.chdir(tmp_path)
+    resumed = finetune(toy_data, tmp_path / "mmt", pretrained=pretrained, updates=12)
+    assert f"the run resumes from {tmp_path / 'mmt' / 'checkpoint_last.pt'}" in resumed
+    assert "num_updates: 12 >= max_update: 12" in resumed
+
+
+def test_checkpoint_that_does_not_fit_is_one_line_exit_2(toy_data, mmt):
+    import subprocess
+
+    from tests.conftest import fairseq_command
+
+    data, _, _ = toy_data
+    # an MMT without --region-features
+    proc = subprocess.run([fairseq_command("fairseq-generate"), str(data), *map(str, USER_DIR), "--task",
+                           "multimodal_translation", "--path", str(mmt), "--gen-subset", "test", "--cpu"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"is an MMT taking \d+-dim region features: give --region-features", proc.stderr)
+
+
+def test_missing_split_and_data_bin_are_input_errors(toy_data, tmp_path):
+    from vtlm_fairseq.errors import InputError
+
+    data, store, _ = toy_data
+    _, task = setup_fairseq([str(data), "--task", "multimodal_translation", "--arch", "vtlm_translation_tiny"])
+    with pytest.raises(InputError, match=r"split 'test_9999' not found"):
+        task.load_dataset("test_9999")
+    with pytest.raises(InputError, match=f"^{re.escape(str(tmp_path / 'nope'))}: no such data-bin folder"):
+        setup_fairseq([str(tmp_path / "nope"), "--task", "multimodal_translation", "--arch", "vtlm_translation_tiny"])
+
+
+def test_constraints_and_images_are_refused(toy_data):
+    from vtlm_fairseq.errors import InputError
+
+    data, store, _ = toy_data
+    _, task = setup_fairseq([str(data), "--task", "multimodal_translation", "--region-features", str(store),
+                             "--arch", "vtlm_translation_tiny"])  # fmt: skip
+    name = FeatureStore(store).names[0]
+    tokens, lengths = task.get_interactive_tokens_and_lengths([f"{name}\ta sentence"], lambda x: x)
+    with pytest.raises(InputError, match="--constraints cannot be used with --region-features"):
+        task.build_dataset_for_inference(tokens, lengths, constraints=torch.zeros(1, 1, dtype=torch.long))
 
 
 def test_hub_interface(toy_data, mmt, nmt):

@@ -56,7 +56,10 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
     by default); with ``regions``, batches carry that pair's image regions in
     ``net_input`` (``region_features``, ``region_boxes``, ``region_mask``).
     ``corpus_order`` batches in corpus order (generation output then comes
-    out in corpus order too); otherwise by length, as fairseq does."""
+    out in corpus order too); otherwise by length, as fairseq does.
+    ``item_ids``: the id item i has in its batch (default: i), which
+    fairseq-interactive numbers its output by: the good lines of an input
+    buffer keep their line's id when bad lines are left out."""
 
     def __init__(
         self,
@@ -65,9 +68,11 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
         pair_indices=None,
         corpus_order: bool = False,
         on_batch=None,
+        item_ids=None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.item_ids = None if item_ids is None else np.asarray(item_ids, dtype=np.int64)
         self.on_batch = on_batch
         self.regions = regions
         self.pair_indices = None if pair_indices is None else np.asarray(pair_indices, dtype=np.int64)
@@ -78,6 +83,8 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
 
     def __getitem__(self, index):
         item = super().__getitem__(index)
+        if self.item_ids is not None:
+            item["id"] = int(self.item_ids[index])
         if self.regions is not None:
             item["regions"] = self.regions[self.pair_index(index)]
         return item

@@ -2,7 +2,10 @@
 initialisation from a TLM or VTLM checkpoint: the pre-trained encoder fills
 both the encoder and the decoder; each decoder layer's cross-attention starts
 as a copy of the same layer's self-attention (the reference's
-``--init_dec_from_enc``)."""
+``--init_dec_from_enc``). The initialisation is the task's to run, once, when
+fine-tuning starts (``MultimodalTranslationTask.build_model``): building a
+model never reads the pre-trained file, so a fine-tuned checkpoint loads
+without it."""
 
 import logging
 from dataclasses import dataclass, field
@@ -11,7 +14,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq import checkpoint_utils, utils
+from fairseq import utils
 from fairseq.models import (
     FairseqEncoderDecoderModel,
     FairseqIncrementalDecoder,
@@ -21,6 +24,8 @@ from fairseq.models import (
 from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from fairseq.utils import safe_getattr
 
+from ..checkpoints import CheckpointError, read_fairseq_checkpoint
+from ..errors import InputError
 from ..languages import IMG_LANG, language_ids
 from ..modules.embeddings import TextEmbedding
 from .vtlm import VTLMConfig, VTLMEncoder, layer_config, set_layer_norm_eps, vtlm_base, vtlm_tiny
@@ -30,12 +35,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class VTLMTranslationConfig(VTLMConfig):
-    decoder_layers: int = field(default=6, metadata={"help": "decoder layers"})
+    decoder_layers: int = field(
+        default=6, metadata={"help": "decoder layers (default: with an architecture, as many as --encoder-layers)"}
+    )
     pretrained_checkpoint: Optional[str] = field(
-        default=None, metadata={"help": "TLM/VTLM checkpoint that initialises encoder and decoder"}
+        default=None,
+        metadata={"help": "TLM/VTLM checkpoint that initialises encoder and decoder when fine-tuning starts "
+                  "(--task multimodal_translation only; not read again on resume or when loading the "
+                  "fine-tuned model) (default: None, random initialisation)"},
     )
     no_cross_attention_init: bool = field(
-        default=False, metadata={"help": "leave cross-attention random instead of copying self-attention"}
+        default=False,
+        metadata={"help": "with --pretrained-checkpoint, leave cross-attention random instead of copying "
+                  "self-attention (default: False)"},
     )
 
 
@@ -194,8 +206,21 @@ class VTLMTranslationModel(FairseqEncoderDecoderModel):
     """MMT when the task gives regions, NMT otherwise; works with fairseq's
     ``translation`` task too (text only)."""
 
+    # what build_model built the model for, named when a checkpoint does not fit
+    data_bin: Optional[str] = None
+    feature_store: Optional[str] = None
+
     @classmethod
     def build_model(cls, cfg: VTLMTranslationConfig, task):
+        from ..tasks.multimodal_translation import MultimodalTranslationTask
+
+        if cfg.pretrained_checkpoint and not isinstance(task, MultimodalTranslationTask):
+            # only our task initialises (once, at the start of fine-tuning)
+            name = safe_getattr(task.cfg, "_name", None) or type(task).__name__
+            raise InputError(
+                f"--pretrained-checkpoint {cfg.pretrained_checkpoint}: --task {name} would ignore it; "
+                "use --task multimodal_translation (without --region-features for text-only NMT)"
+            )
         lang_ids = getattr(task, "lang_ids", None) or language_ids(task.cfg.source_lang, task.cfg.target_lang)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         mask_idx = getattr(task, "mask_idx", src_dict.unk())
@@ -204,8 +229,9 @@ class VTLMTranslationModel(FairseqEncoderDecoderModel):
         )
         decoder = TranslationDecoder(cfg, tgt_dict, lang_ids, task.cfg.target_lang)
         model = cls(encoder, decoder)
-        if cfg.pretrained_checkpoint:
-            model.load_pretrained(cfg.pretrained_checkpoint, cross_attention=not cfg.no_cross_attention_init)
+        model.data_bin = safe_getattr(task.cfg, "data", None)
+        store = getattr(task, "store", None)
+        model.feature_store = str(store.path) if store is not None else None
         return model
 
     def forward(self, src_tokens, src_lengths, prev_output_tokens, **kwargs):
@@ -213,10 +239,11 @@ class VTLMTranslationModel(FairseqEncoderDecoderModel):
         return self.decoder(prev_output_tokens, encoder_out=encoder_out)
 
     def load_pretrained(self, path: str, cross_attention: bool = True) -> Dict[str, List[str]]:
-        """Fills encoder and decoder from a (V)TLM checkpoint. Every target
-        parameter not filled, and every source weight not used, is reported by
-        name; shapes must match."""
-        state = checkpoint_utils.load_checkpoint_to_cpu(path)["model"]
+        """Fills encoder and decoder from a (V)TLM checkpoint, read safely.
+        Every target parameter not filled, and every source weight not used,
+        is reported by name; shapes must match (else a CheckpointError naming
+        the file and the data-bin)."""
+        state = read_fairseq_checkpoint(path)["model"]
         source = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         mapping = {}  # our parameter name -> pre-trained name
         for name in self.encoder.state_dict():
@@ -235,9 +262,10 @@ class VTLMTranslationModel(FairseqEncoderDecoderModel):
                 fresh.append(target)
                 continue
             if source[src].shape != own[target].shape:
-                raise ValueError(
+                raise CheckpointError(
                     f"{path}: '{src}' has shape {tuple(source[src].shape)}, "
-                    f"'{target}' needs {tuple(own[target].shape)} (different dictionary or size?)"
+                    f"'{target}' needs {tuple(own[target].shape)} for {self._built_from()} "
+                    "(pre-trained on another dictionary, feature dimension or model size?)"
                 )
             loaded[target] = source[src]
         fresh += [name for name in own if name not in mapping]
@@ -252,6 +280,52 @@ class VTLMTranslationModel(FairseqEncoderDecoderModel):
             ", ".join(unused) or "none",
         )
         return report
+
+    def _built_from(self) -> str:
+        store = f" and feature store {self.feature_store}" if self.feature_store else " (no feature store)"
+        return f"data-bin {self.data_bin}{store}"
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        if strict:
+            self.check_fits(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+    def check_fits(self, state_dict) -> None:
+        """An InputError, one line, for trained weights (--path) that do not
+        fit the model built from the given data-bin and feature store: an MMT
+        without --region-features, an NMT with them, a store of another
+        feature dimension, another dictionary or model size."""
+        own = self.state_dict()
+        proj = "encoder.region_embedding.feature_proj.weight"
+        store = self.feature_store
+        if proj in state_dict and proj not in own:
+            raise InputError(
+                f"the checkpoint (--path) is an MMT taking {state_dict[proj].shape[1]}-dim region features: "
+                "give --region-features, a store of the features it was trained with"
+            )
+        if proj in own and proj not in state_dict:
+            raise InputError(
+                f"--region-features {store}: the checkpoint (--path) is text-only (NMT, no region layers); "
+                "leave out --region-features"
+            )
+        if proj in own and state_dict[proj].shape[1] != own[proj].shape[1]:
+            raise InputError(
+                f"{store}: {own[proj].shape[1]}-dim region features, the checkpoint (--path) was trained on "
+                f"{state_dict[proj].shape[1]}-dim features: give the store it was trained with"
+            )
+        tokens = "encoder.embed_tokens.weight"
+        if tokens in state_dict and state_dict[tokens].shape[0] != own[tokens].shape[0]:
+            raise InputError(
+                f"data-bin {self.data_bin}: its dictionary has {own[tokens].shape[0]} types "
+                f"(with <mask>), the checkpoint (--path) has {state_dict[tokens].shape[0]}: give the data-bin "
+                "the model was trained on"
+            )
+        for name, value in state_dict.items():
+            if name in own and tuple(value.shape) != tuple(own[name].shape):
+                raise InputError(
+                    f"the checkpoint (--path) has '{name}' of shape {tuple(value.shape)}, the model built for "
+                    f"{self._built_from()} and the given options needs {tuple(own[name].shape)}"
+                )
 
     def max_positions(self):
         # +1 for the leading </s> the tasks put before each sentence

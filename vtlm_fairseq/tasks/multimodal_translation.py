@@ -1,22 +1,28 @@
 """Task ``multimodal_translation``: fairseq's translation task whose encoder
 input is the image's regions followed by ``</s> src </s>``; with no feature
-store it is plain NMT on the same code path."""
+store it is plain NMT on the same code path. It initialises a fresh
+``vtlm_translation`` model from ``--pretrained-checkpoint`` when fine-tuning
+starts (not on resume, never when loading a trained model)."""
 
 import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from fairseq import utils
 from fairseq.data import PrependTokenDataset, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from fairseq.utils import safe_getattr
+from omegaconf import II
 
 from ..data.feature_store import FeatureStore
 from ..data.multimodal_pair_dataset import IndexSubsetDataset, MultimodalPairDataset
 from ..data.region_dataset import RegionFeatureDataset
 from ..data.splits import MASK_SYMBOL, load_pair_text, load_split_regions, load_vocabulary, split_data_path
+from ..errors import InputError
 from ..languages import language_ids
 from .image_options import ImageOptions
 
@@ -27,11 +33,18 @@ logger = logging.getLogger(__name__)
 class MultimodalTranslationConfig(TranslationConfig, ImageOptions):
     """Without --region-features: text-only NMT on the same code path."""
 
-    left_pad_source: bool = field(default=False, metadata={"help": "pad the source on the left"})
+    left_pad_source: bool = field(default=False, metadata={"help": "pad the source on the left (default: False)"})
     sort_eval_by_length: bool = field(
         default=False,
         metadata={"help": "batch evaluation splits by length (default: corpus order, so outputs are too)"},
     )
+    # where fairseq-train restores a run from (checkpoint_utils.load_checkpoint):
+    # a resumed fine-tuning run is not initialised from --pretrained-checkpoint
+    save_dir: str = II("checkpoint.save_dir")
+    restore_file: str = II("checkpoint.restore_file")
+    continue_once: Optional[str] = II("checkpoint.continue_once")
+    finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
+    checkpoint_suffix: str = II("checkpoint.checkpoint_suffix")
 
 
 @register_task("multimodal_translation", dataclass=MultimodalTranslationConfig)
@@ -48,15 +61,24 @@ class MultimodalTranslationTask(TranslationTask):
                 "region features: %s (%d images, %d regions x %d dims)",
                 cfg.region_features, len(self.store), self.store.num_regions, self.store.feature_dim,
             )  # fmt: skip
-        # fairseq-interactive: image names of the lines, regions of the batches
-        self._interactive_images = deque()
+        # fairseq-interactive: lines read so far, (image names, ids) of the
+        # good lines of each buffer, regions of the batches
+        self._interactive_lines = 0
+        self._interactive_inputs = deque()
         self._interactive_batches = deque()
 
     @classmethod
     def setup_task(cls, cfg, **kwargs):
         paths = utils.split_paths(cfg.data)
+        if not paths or not os.path.isdir(paths[0]):
+            raise InputError(f"{cfg.data}: no such data-bin folder")
         if cfg.source_lang is None or cfg.target_lang is None:
             cfg.source_lang, cfg.target_lang = data_utils.infer_language_pair(paths[0])
+        if cfg.source_lang is None:
+            raise InputError(
+                f"{paths[0]}: no binarised split (NAME.SRC-TGT.*) to infer the languages from: "
+                "give --source-lang and --target-lang"
+            )
         # the (V)TLM vocabulary: the joined dictionary plus <mask>
         dictionary = load_vocabulary(os.path.join(paths[0], f"dict.{cfg.source_lang}.txt"))
         logger.info("[%s-%s] joined dictionary: %d types", cfg.source_lang, cfg.target_lang, len(dictionary))
@@ -65,6 +87,36 @@ class MultimodalTranslationTask(TranslationTask):
     @property
     def region_feature_dim(self):
         return self.store.feature_dim if self.store is not None else None
+
+    def build_model(self, cfg, from_checkpoint=False):
+        """fairseq-train (``from_checkpoint`` False) initialises a fresh
+        model from --pretrained-checkpoint, unless the run resumes from a
+        checkpoint of its own; loading a trained model never reads it."""
+        model = super().build_model(cfg, from_checkpoint)
+        pretrained = safe_getattr(cfg, "pretrained_checkpoint", None)
+        if pretrained and not from_checkpoint:
+            restored = self.restored_checkpoint()
+            if restored is not None:
+                logger.info("not initialising from --pretrained-checkpoint %s: the run resumes from %s",
+                            pretrained, restored)  # fmt: skip
+            elif not os.path.isfile(pretrained):
+                raise InputError(f"{pretrained}: no such file (--pretrained-checkpoint, the (V)TLM to fine-tune)")
+            else:
+                model.load_pretrained(pretrained, cross_attention=not cfg.no_cross_attention_init)
+        return model
+
+    def restored_checkpoint(self) -> Optional[str]:
+        """The checkpoint fairseq-train will restore the model from, chosen
+        as checkpoint_utils.load_checkpoint does, when that file exists."""
+        cfg = self.cfg
+        suffix = cfg.checkpoint_suffix or ""
+        if cfg.restore_file == "checkpoint_last.pt":  # fairseq's default: the run's own last checkpoint
+            path = os.path.join(cfg.save_dir, f"checkpoint_last{suffix}.pt")
+            if not os.path.exists(path):
+                path = cfg.continue_once if cfg.continue_once is not None else cfg.finetune_from_model
+        else:
+            path = cfg.restore_file.replace(".pt", suffix + ".pt")
+        return path if path and os.path.isfile(path) else None
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
         data_path = split_data_path(self.cfg.data, epoch)
@@ -90,33 +142,71 @@ class MultimodalTranslationTask(TranslationTask):
         )  # fmt: skip
 
     # -- fairseq-interactive --
-    # Each input line is "IMAGE_NAME<TAB>sentence". fairseq-interactive keeps
-    # only the tokens of the batches our dataset makes, so the dataset hands
-    # each batch's regions to the task, and inference_step puts them back
+    # Each input line is "IMAGE_NAME<TAB>sentence" (with a store) or a
+    # sentence. A bad line is reported and left out; the others keep their
+    # ids, which fairseq-interactive numbers its output by (start of the
+    # buffer + id in the buffer's dataset). fairseq-interactive keeps only the
+    # tokens of the batches our dataset makes, so the dataset hands each
+    # batch's regions to the task, and inference_step puts them back
     # (batches are made and translated one after the other).
     def get_interactive_tokens_and_lengths(self, lines, encode_fn):
-        if self.store is not None:
-            sentences = []
-            for lineno, line in enumerate(lines, start=1):
-                if "\t" not in line:
-                    raise ValueError(f"input line {lineno}: expected 'IMAGE_NAME<TAB>sentence', got {line!r}")
-                name, sentence = line.split("\t", 1)
-                self._interactive_images.append(name.strip())
-                sentences.append(sentence)
-            lines = sentences
-        return super().get_interactive_tokens_and_lengths(lines, encode_fn)
+        first = self._interactive_lines  # fairseq-interactive's start_id of this buffer
+        self._interactive_lines += len(lines)
+        names, ids, sentences = [], [], []
+        for i, line in enumerate(lines):
+            try:
+                name, sentence = self.parse_interactive_line(line)
+            except InputError as e:
+                logger.error("input line %d: %s; skipped (no output for id %d)", first + i + 1, e, first + i)
+                continue
+            names.append(name)
+            ids.append(i)
+            sentences.append(sentence)
+        self._interactive_inputs.append((names, ids))
+        return super().get_interactive_tokens_and_lengths(sentences, encode_fn)
+
+    def parse_interactive_line(self, line: str):
+        """(image name or None, sentence) of one input line; InputError
+        saying what is wrong with it."""
+        if self.store is None:
+            if "\t" in line:
+                raise InputError("a tab: 'IMAGE_NAME<TAB>sentence' lines need --region-features (text-only here)")
+            return None, line
+        fields = line.split("\t")
+        if len(fields) == 1:
+            if not line.strip():
+                raise InputError("empty line, expected 'IMAGE_NAME<TAB>sentence'")
+            if line.strip() in self.store:
+                raise InputError(f"image '{line.strip()}' without a sentence, expected 'IMAGE_NAME<TAB>sentence'")
+            raise InputError(f"no tab, expected 'IMAGE_NAME<TAB>sentence': {line!r}")
+        if len(fields) > 2:
+            raise InputError(f"{len(fields) - 1} tabs, expected 'IMAGE_NAME<TAB>sentence' (one tab): {line!r}")
+        name, sentence = fields[0].strip(), fields[1]
+        if not name:
+            raise InputError("no image name before the tab")
+        if name not in self.store:
+            raise InputError(f"image '{name}' is not in {self.store.path}")
+        if not sentence.strip():
+            raise InputError(f"image '{name}' with an empty sentence")
+        return name, sentence
 
     def build_dataset_for_inference(self, src_tokens, src_lengths, constraints=None):
+        if constraints is not None and self.store is not None:
+            raise InputError("--constraints cannot be used with --region-features: both take the input lines' tabs")
+        # the good lines of the buffer get_interactive_tokens_and_lengths read
+        names, ids = self._interactive_inputs.popleft() if self._interactive_inputs else (None, None)
+        if ids is None and self.store is not None:
+            raise RuntimeError("with a feature store, give the lines through get_interactive_tokens_and_lengths")
         source = [utils.strip_pad(t, self.src_dict.pad()) for t in src_tokens]
         source = [t.new_tensor([self.src_dict.eos()] + t.tolist()) for t in source]
         regions = None
         if self.store is not None:
-            names = [self._interactive_images.popleft() for _ in source]
             regions = RegionFeatureDataset(self.store, names, source="interactive input")
         return MultimodalPairDataset(
             source, [len(t) for t in source], self.src_dict,
             tgt_dict=self.tgt_dict, constraints=constraints,
             left_pad_source=self.cfg.left_pad_source, regions=regions, corpus_order=True,
+            item_ids=ids,
             on_batch=self._interactive_batches.append if regions is not None else None,
         )  # fmt: skip
 
