@@ -247,3 +247,24 @@ def test_validate_scores_every_pair(toy_data, mmt):
     # 37 and 21 pairs, batches of 8: the remainder batches count too
     assert re.search(r"valid on 'valid' subset .*\| bsz 37\b", log)
     assert re.search(r"valid on 'test' subset .*\| bsz 21\b", log)
+
+
+def test_resume_at_an_epoch_boundary_continues_the_same_run(toy_data, tmp_path):
+    """fairseq orders a dataset under (seed + the epoch it builds batches
+    at); the task pins that to epoch 1, so a run stopped at the end of epoch
+    1 and resumed trains on the batches the uninterrupted run does."""
+    from tests.test_fairseq_train import records
+
+    data, store, _ = toy_data
+    common = [data, "--user-dir", REPO / "vtlm_fairseq", "--task", "multimodal_translation",
+              "--region-features", store, "--arch", "vtlm_translation_tiny", "--encoder-embed-dim", "32",
+              "--encoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
+              "--criterion", "label_smoothed_cross_entropy", "--optimizer", "adam", "--lr", "1e-3",
+              "--batch-size", "16", "--cpu", "--seed", "7", "--disable-validation", "--num-workers", "0",
+              "--log-interval", "1", "--log-format", "json"]  # fmt: skip
+    straight = records(run_fairseq("fairseq-train", common + ["--max-epoch", "2", "--save-dir", tmp_path / "a"]))
+    epoch_end = max(int(r["num_updates"]) for r in straight if r["epoch"] == 1)
+    run_fairseq("fairseq-train", common + ["--max-update", epoch_end, "--save-dir", tmp_path / "b"])
+    resumed = records(run_fairseq("fairseq-train", common + ["--max-epoch", "2", "--save-dir", tmp_path / "b"]))
+    assert resumed and resumed[0]["num_updates"] == str(epoch_end + 1)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight[epoch_end:]]

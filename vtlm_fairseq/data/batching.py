@@ -22,6 +22,17 @@ def batch_by_size_keeping_all(indices, **kwargs):
     return batches
 
 
+def first_epoch_seed(seed: int):
+    """The numpy seed under which a shuffled dataset orders its examples.
+
+    fairseq seeds ``ordered_indices`` with (seed + the epoch at which it
+    builds the batches): epoch 1 in a run from the start (the batches are
+    then reused, shuffled per epoch), but the resumed epoch after a restart at
+    an epoch boundary. Seeding with epoch 1 ourselves makes a resumed run
+    draw the batches the uninterrupted one does."""
+    return data_utils.numpy_seed(seed + 1)
+
+
 class KeepAllBatchesMixin:
     """For FairseqDataset subclasses: batch_by_size without the dropped tail."""
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, LanguagePairDataset
 
-from .batching import KeepAllBatchesMixin
+from .batching import KeepAllBatchesMixin, first_epoch_seed
 from .region_dataset import RegionFeatureDataset
 
 
@@ -69,9 +69,11 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
         corpus_order: bool = False,
         on_batch=None,
         item_ids=None,
+        order_seed: Optional[int] = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.order_seed = order_seed
         self.item_ids = None if item_ids is None else np.asarray(item_ids, dtype=np.int64)
         self.on_batch = on_batch
         self.regions = regions
@@ -109,6 +111,9 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
     def ordered_indices(self):
         if self.corpus_order:
             return np.arange(len(self), dtype=np.int64)
+        if self.shuffle and self.order_seed is not None:
+            with first_epoch_seed(self.order_seed):  # a resumed run draws the same batches
+                return super().ordered_indices()
         return super().ordered_indices()
 
 

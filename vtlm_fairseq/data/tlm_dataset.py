@@ -10,7 +10,7 @@ import torch
 from fairseq.data import FairseqDataset, data_utils
 
 from ..errors import InputError
-from .batching import KeepAllBatchesMixin
+from .batching import KeepAllBatchesMixin, first_epoch_seed
 from .masking import MASK, NOT_SELECTED, categories, check_probs, mask_text, select, swap_sources
 from .region_dataset import RegionFeatureDataset
 
@@ -100,16 +100,12 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         return int(self.sizes[index])
 
     def ordered_indices(self):
-        """Pairs by size, ties in a seeded random order. fairseq seeds this
-        call with (seed + the epoch at which it builds the batches), which is
-        epoch 1 in a run from the start (the batches are reused, shuffled
-        per epoch) but the resumed epoch after a restart at an epoch
-        boundary: seeding with epoch 1 ourselves makes a resumed run draw
-        the batches the uninterrupted one does."""
+        """Pairs by size, ties in a random order seeded as in epoch 1 (see
+        ``first_epoch_seed``)."""
         if not self.shuffle:
             order = np.arange(len(self))
         else:
-            with data_utils.numpy_seed(self.seed + 1):
+            with first_epoch_seed(self.seed):
                 order = np.random.permutation(len(self))
         return order[np.argsort(self.sizes[order], kind="mergesort")]
 

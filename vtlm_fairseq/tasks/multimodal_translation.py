@@ -45,6 +45,7 @@ class MultimodalTranslationConfig(TranslationConfig, ImageOptions):
     continue_once: Optional[str] = II("checkpoint.continue_once")
     finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
     checkpoint_suffix: str = II("checkpoint.checkpoint_suffix")
+    seed: int = II("common.seed")
 
 
 @register_task("multimodal_translation", dataclass=MultimodalTranslationConfig)
@@ -135,6 +136,7 @@ class MultimodalTranslationTask(TranslationTask):
             regions=regions,
             pair_indices=pair_indices,
             corpus_order=not training and not self.cfg.sort_eval_by_length,
+            order_seed=self.cfg.seed,
         )  # fmt: skip
         logger.info(
             "%s %s: %d sentence pairs%s", data_path, split, len(self.datasets[split]),
