@@ -153,14 +153,14 @@ def fault_run(args, fault="none"):
 
 
 def test_sigkill_at_random_moments_and_during_checkpoint_writes(toy_data, tmp_path):
-    """One run of 36 updates (a checkpoint every 3) is SIGKILLed 12 times:
+    """One run of 60 updates (a checkpoint every 3) is SIGKILLed 12 times:
     at seeded random moments of training, and while a checkpoint is written
     (half way through the write, after the rename, half way through the copy
     to checkpoint_last.pt). Each rerun resumes; every update's loss, whichever
     run logged it, equals the uninterrupted run's, and so do the weights."""
     import random
 
-    common = train_args(toy_data) + ["--batch-size", "16", "--max-update", "36", "--save-interval-updates", "3",
+    common = train_args(toy_data) + ["--batch-size", "16", "--max-update", "60", "--save-interval-updates", "3",
                                      "--disable-validation", "--num-workers", "0"]  # fmt: skip
     straight = {r["num_updates"]: r for r in records(run(common + ["--save-dir", tmp_path / "a"]))}
     rng = random.Random(2021)
@@ -169,7 +169,7 @@ def test_sigkill_at_random_moments_and_during_checkpoint_writes(toy_data, tmp_pa
     for k in range(12):
         fault = f"{faults[k % 3]}:{rng.randint(1, 2)}" if k % 2 else "none"
         proc = fault_run(common + ["--save-dir", save_dir], fault)
-        lines, wait_for = [], rng.randint(0, 4)  # new updates before a random kill
+        lines, wait_for = [], rng.randint(0, 3)  # new updates before a random kill
         for line in proc.stdout:
             lines.append(line)
             if fault == "none" and "| train_inner |" in line:

@@ -54,3 +54,14 @@ def test_other_globals_stay_refused(tmp_path):
         assert "weights_only" in str(e) or "Unsupported global" in str(e)
     else:
         raise AssertionError("an unknown class was unpickled")
+
+
+def test_safe_reading_keeps_the_registered_globals(tmp_path):
+    """Reading a checkpoint safely must not unregister argparse.Namespace
+    (torch's safe_globals context removes its globals on exit)."""
+    from vtlm_fairseq.checkpoints import FAIRSEQ_GLOBALS, read_torch_file
+
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"args": argparse.Namespace(arch="x"), "model": {"w": torch.ones(1)}}, path)
+    assert read_torch_file(path, FAIRSEQ_GLOBALS, "fairseq checkpoint")["args"].arch == "x"
+    assert argparse.Namespace in torch.serialization.get_safe_globals()

@@ -111,7 +111,10 @@ def read_torch_file(path, allowed: Sequence[Tuple[object, str]], what: str) -> D
             "(allowed: tensors and plain containers" + (f", {', '.join(n for _, n in allowed)}" if allowed else "")
             + ")" + hint
         )
-    with torch.serialization.safe_globals([obj for obj, _ in allowed]):
+    # torch's context manager removes its globals on exit, even those that
+    # were registered before (the plugin registers argparse.Namespace)
+    registered = torch.serialization.get_safe_globals()
+    with torch.serialization.safe_globals([obj for obj, _ in allowed if obj not in registered]):
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch's own weights-only check, as a second guard

@@ -40,10 +40,10 @@ def build(output, names, work_log=None, die_at=None):
     for name in names:
         if name in builder:
             continue
-        builder.add(name, regions_of(name))
-        if log:
+        if log:  # before the work, so that a kill cannot hide work done
             log.write(name + "\n")
             log.flush()
+        builder.add(name, regions_of(name))
     builder.finish()
 
 
