@@ -37,6 +37,7 @@ setup(
             "vtlm-score=vtlm_fairseq.cli.score:cli_main",
             "vtlm-convert-checkpoint=vtlm_fairseq.cli.convert_checkpoint:cli_main",
             "vtlm-cc=vtlm_fairseq.cli.conceptual_captions:cli_main",
+            "vtlm-average-checkpoints=vtlm_fairseq.cli.average_checkpoints:cli_main",
         ],
     },
 )

@@ -7,6 +7,10 @@
 set -euo pipefail
 data="$1"; save="$2"; shift 2
 here="$(cd "$(dirname "$0")/../.." && pwd)"
+# AVERAGE=N: keep the last N epoch checkpoints and average them into
+# SAVE_DIR/checkpoint_avgN.pt (vtlm-average-checkpoints) after training
+epochs=(--no-epoch-checkpoints)
+if [ -n "${AVERAGE:-}" ]; then epochs=(--keep-last-epochs "$AVERAGE"); fi
 fairseq-train "$data" \
     --user-dir "$here/vtlm_fairseq" --task multimodal_translation \
     --arch vtlm_translation_base --criterion cross_entropy \
@@ -14,4 +18,8 @@ fairseq-train "$data" \
     --batch-size 64 --dropout 0.4 --attention-dropout 0.1 \
     --eval-bleu --eval-bleu-remove-bpe --eval-bleu-args '{"beam": 8, "lenpen": 1.0, "max_len_a": 1.5, "max_len_b": 10}' \
     --best-checkpoint-metric bleu --maximize-best-checkpoint-metric --patience 20 \
-    --no-epoch-checkpoints --num-workers 4 --save-dir "$save" "$@"
+    "${epochs[@]}" --num-workers 4 --save-dir "$save" "$@"
+if [ -n "${AVERAGE:-}" ]; then
+    vtlm-average-checkpoints --inputs "$save" --num-epoch-checkpoints "$AVERAGE" \
+        --output "$save/checkpoint_avg$AVERAGE.pt" --force
+fi
