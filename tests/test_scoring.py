@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -38,19 +39,88 @@ def test_both_bleus_are_computed_and_named():
         score(HYPS[:1], REFS, "de")
 
 
-def test_ambiguous_word_accuracy_and_command(tmp_path, capsys):
+def test_ambiguous_word_accuracy_and_command(tmp_path, capsys, caplog):
     ann = [[{"en": "bat", "de": "Fledermaus", "de_np": "Eine rote Fledermaus", "class": "Bat",
              "alternatives": ["Schläger"]}], [{"en": "bat", "de": "Schläger", "de_np": "einen grünen Schläger",
              "class": "Baseball bat", "alternatives": ["Fledermaus"]}]]  # fmt: skip
     (tmp_path / "ann.jsonl").write_text("".join(json.dumps(a) + "\n" for a in ann))
     (tmp_path / "hyp.txt").write_text("\n".join(HYPS) + "\n")
     (tmp_path / "ref.de").write_text("\n".join(REFS) + "\n")
-    score_cli.cli_main(["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.de"),
-                        "--annotations", str(tmp_path / "ann.jsonl"), "--json", str(tmp_path / "s.json")])  # fmt: skip
-    out = json.loads(capsys.readouterr().out)
+    with pytest.raises(SystemExit) as e:
+        score_cli.cli_main(["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.de"),
+                            "--annotations", str(tmp_path / "ann.jsonl"), "--json", str(tmp_path / "s.json")])  # fmt: skip
+    assert e.value.code == 0
+    out = json.loads(capsys.readouterr().out)  # stdout is the JSON alone
     assert out["ambiguous_word_accuracy"] == 100.0 and out["sentences"] == 2
     assert json.loads((tmp_path / "s.json").read_text()) == out
     (tmp_path / "short.txt").write_text(HYPS[0] + "\n")
     with pytest.raises(SystemExit) as e:
         score_cli.cli_main(["--hyp", str(tmp_path / "short.txt"), "--ref", str(tmp_path / "ref.de")])
-    assert e.value.code == 1 and "1 hypotheses for 2 references" in capsys.readouterr().err
+    assert e.value.code == 2 and "1 hypotheses for 2 references" in caplog.text
+
+
+GENERATE = "S-{i}\tsource {i}\nH-{i}\t-0.1\thyp {i}\nD-{i}\t-0.1\thyp {i}\nP-{i}\t-0.1 -0.2\n"
+
+
+def generate_output(ids):
+    return "".join(GENERATE.format(i=i) for i in ids)
+
+
+def test_repeated_id_names_the_file_and_both_lines(tmp_path):
+    """Two fairseq-generate outputs in one file used to score as one."""
+    path = tmp_path / "gen.txt"
+    path.write_text(generate_output(range(3)) + generate_output(range(3)))
+    first, second = [n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith("H-0\t")]
+    message = rf"gen\.txt:{second}: a second hypothesis for sentence 0 \(the first is on line {first}\)"
+    with pytest.raises(CorpusError, match=message):
+        read_hypotheses(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", r"in\.txt: empty file \(no hypotheses\)"),
+        ("S-0\tsource\nT-0\ttarget\n", r"in\.txt:1: fairseq-generate output without any H- \(hypothesis\) line"),
+        (generate_output([0]) + "H-1\tno score column\n", r"in\.txt:5: not a fairseq-generate hypothesis line"),
+        (generate_output([0, 1, 2, 5]), r"no hypothesis for sentence ids \[3, 4\] \(2 of 0\.\.5 missing\)"),
+    ],
+)
+def test_bad_hypothesis_files(tmp_path, text, message):
+    path = tmp_path / "in.txt"
+    path.write_text(text)
+    with pytest.raises(CorpusError, match=message):
+        read_hypotheses(path)
+
+
+def test_generate_output_with_log_lines_and_empty_hypotheses(tmp_path):
+    """fairseq-generate 2>&1 mixes in its log; an empty translation is one."""
+    path = tmp_path / "gen.txt"
+    path.write_text("2024-01-01 | INFO | fairseq_cli.generate | loading\n" + generate_output([1]) + "H-0\t-1.0\t\n")
+    assert read_hypotheses(path) == ["", "hyp 1"]
+
+
+def score_command(tmp_path, caplog, *options):
+    """(exit status, the error lines) of vtlm-score on HYPS and REFS."""
+    (tmp_path / "hyp.txt").write_text("\n".join(HYPS) + "\n")
+    (tmp_path / "ref.de").write_text("\n".join(REFS) + "\n")
+    with pytest.raises(SystemExit) as e:
+        score_cli.cli_main(["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.de"), *map(str, options)])
+    return e.value.code, [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+@pytest.mark.parametrize(
+    "annotations, options, message",
+    [
+        ("not json\n[]\n", [], r"ann\.jsonl:1: not JSON"),
+        ('[]\n[{"en": "bat"}]\n', [], r"ann\.jsonl:2: not a list of ambiguous words"),
+        ("[]\n", [], r"hyp\.txt: 2 hypotheses for 1 annotated sentences in .*ann\.jsonl"),
+        ("[]\n[]\n", ["--lang", "xx"], r"--lang 'xx': not a language with Moses rules"),
+        ("[]\n[]\n", ["--json", "{tmp}/no/such/folder/s.json"], r"folder: no such folder \(for --json"),
+    ],
+)
+def test_score_command_bad_inputs_are_one_line(tmp_path, capsys, caplog, annotations, options, message):
+    (tmp_path / "ann.jsonl").write_text(annotations)
+    options = [o.format(tmp=tmp_path) for o in options]
+    status, errors = score_command(tmp_path, caplog, "--annotations", tmp_path / "ann.jsonl", *options)
+    assert status == 2 and len(errors) == 1 and re.search(message, errors[0]), errors
+    assert capsys.readouterr().out == ""  # no scores for bad input

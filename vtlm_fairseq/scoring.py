@@ -16,25 +16,57 @@ from sacremoses import MosesDetokenizer
 
 from .data.corpus import CorpusError, read_lines
 from .data.tokenization import MosesPipeline, remove_bpe
+from .errors import InputError
 
 _GENERATE_LINE = re.compile(r"^H-(\d+)\t[^\t]*\t(.*)$")
+# any line fairseq-generate writes per sentence (source, target, hypothesis,
+# detokenised, positional scores, alignment)
+_GENERATE_ANY = re.compile(r"^[STHDPA]-\d+(\t|$)")
 
 
 def read_hypotheses(path) -> List[str]:
     """Hypotheses in corpus order from fairseq-generate output (``H-<id>``
-    lines, any order) or from a plain file (one per line)."""
+    lines, any order) or from a plain file (one per line). An id given twice
+    (two outputs in one file), a missing id and a malformed ``H-`` line are
+    errors naming the file and lines."""
     lines = read_lines(path, allow_empty=True)
-    found = {}
-    for line in lines:
+    if not lines:
+        raise CorpusError(f"{path}: empty file (no hypotheses)")
+    found, line_of = {}, {}
+    first_generate = malformed = None  # line numbers
+    for lineno, line in enumerate(lines, start=1):
+        is_generate = _GENERATE_ANY.match(line) is not None
+        first_generate = first_generate or (lineno if is_generate else None)
         m = _GENERATE_LINE.match(line)
         if m:
-            found[int(m.group(1))] = m.group(2)
+            i = int(m.group(1))
+            if i in found:
+                raise CorpusError(
+                    f"{path}:{lineno}: a second hypothesis for sentence {i} (the first is on line {line_of[i]}): "
+                    "two fairseq-generate outputs in one file?"
+                )
+            found[i], line_of[i] = m.group(2), lineno
+        elif is_generate and line.startswith("H-"):
+            malformed = malformed or lineno
     if not found:
+        if first_generate:
+            raise CorpusError(f"{path}:{first_generate}: fairseq-generate output without any H- (hypothesis) line")
         return lines
+    if malformed:
+        raise CorpusError(f"{path}:{malformed}: not a fairseq-generate hypothesis line ('H-ID<TAB>SCORE<TAB>TEXT')")
     missing = sorted(set(range(max(found) + 1)) - set(found))
     if missing:
-        raise CorpusError(f"{path}: no hypothesis for sentence ids {missing[:10]}")
+        raise CorpusError(
+            f"{path}: no hypothesis for sentence ids {missing[:10]}{' ...' if len(missing) > 10 else ''} "
+            f"({len(missing)} of 0..{max(found)} missing)"
+        )
     return [found[i] for i in range(len(found))]
+
+
+def check_counts(hyp_path, hypotheses: Sequence, other_path, others: Sequence, what: str) -> None:
+    """One hypothesis per line of the other file (references, annotations)."""
+    if len(hypotheses) != len(others):
+        raise CorpusError(f"{hyp_path}: {len(hypotheses)} hypotheses for {len(others)} {what} in {other_path}")
 
 
 def score(
@@ -48,7 +80,7 @@ def score(
     ``references`` raw. ``lowercase`` None: case-insensitive detok BLEU when
     the hypotheses have no capital letter (a lowercased model)."""
     if len(hypotheses) != len(references):
-        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+        raise InputError(f"{len(hypotheses)} hypotheses for {len(references)} references")
     tokenised = [remove_bpe(h) for h in hypotheses]
     detok = MosesDetokenizer(lang=lang)
     detokenised = [detok.detokenize(h.split()) for h in tokenised]

@@ -49,26 +49,31 @@ def test_console_entry_points_are_installed():
 
 
 def test_toy_world_build_and_score(tmp_path, capsys):
-    toy_world.cli_main(
-        ["build", str(tmp_path / "w"), "--train-pairs", "60", "--valid-pairs", "10",
-         "--test-pairs", "10", "--num-regions", "12", "--feature-dim", "4"]
-    )  # fmt: skip
+    with pytest.raises(SystemExit) as e:
+        toy_world.cli_main(
+            ["build", str(tmp_path / "w"), "--train-pairs", "60", "--valid-pairs", "10",
+             "--test-pairs", "10", "--num-regions", "12", "--feature-dim", "4"]
+        )  # fmt: skip
+    assert e.value.code == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["train"]["pairs"] == 60
     ref = tmp_path / "w" / "raw" / "test.de"
-    toy_world.cli_main(["score", "--hyp", str(ref), "--annotations", str(tmp_path / "w" / "ambiguity" / "test.jsonl")])
+    annotations = tmp_path / "w" / "ambiguity" / "test.jsonl"
+    with pytest.raises(SystemExit) as e:
+        toy_world.cli_main(["score", "--hyp", str(ref), "--annotations", str(annotations)])
+    assert e.value.code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["accuracy"] == 100.0 and result["ambiguous_words"] > 0
 
 
-def test_prepare_reports_bad_input_and_exits_1(tmp_path, caplog):
+def test_prepare_reports_bad_input_and_exits_2(tmp_path, caplog):
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "train.en").write_text("a\nb\n")
     (raw / "train.de").write_text("x\n")
     with pytest.raises(SystemExit) as e:
         prepare.cli_main([str(raw), str(tmp_path / "bin")])
-    assert e.value.code == 1
+    assert e.value.code == 2
     assert "train.en:2: line has no counterpart" in caplog.text
 
 
@@ -130,3 +135,68 @@ def test_features_inspect_stdout_is_json_alone(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["feature_dim"] == 8
+
+
+# --- vtlm-prepare, vtlm-toy-world, vtlm-score: bad input is one line, exit 2 ---
+
+
+def error_lines(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_prepare_split_missing_a_language_is_one_line(tmp_path, caplog):
+    """val.en without val.de: the split was dropped without a word."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("train.en", "train.de", "val.en"):
+        (raw / name).write_text("a b\n")
+    with pytest.raises(SystemExit) as e:
+        prepare.cli_main([str(raw), str(tmp_path / "bin"), "--workers", "1"])
+    assert e.value.code == 2
+    assert error_lines(caplog) == [
+        f"{raw / 'val.de'}: no such file (nor .gz), but {raw / 'val.en'} is there: every split needs both "
+        "languages (or choose the splits to prepare with --splits)"
+    ]
+    assert not (tmp_path / "bin").exists()
+
+
+def test_toy_world_too_few_regions_is_one_line(tmp_path, caplog, capsys):
+    """--num-regions 4 died with a ValueError traceback."""
+    from vtlm_fairseq.toy_world.scenes import MIN_REGIONS
+
+    with pytest.raises(SystemExit) as e:
+        toy_world.cli_main(["build", str(tmp_path / "w"), "--num-regions", "4"])
+    assert e.value.code == 2
+    (line,) = error_lines(caplog)
+    assert line.startswith(f"--num-regions 4: the minimum is {MIN_REGIONS} regions")
+    assert capsys.readouterr().out == "" and not (tmp_path / "w").exists()
+
+
+def test_toy_world_score_bad_inputs_are_one_line(tmp_path, caplog):
+    (tmp_path / "hyp.txt").write_text("a\nb\n")
+    (tmp_path / "ann.jsonl").write_text("[]\n")
+    for argv, message in [
+        (["--hyp", tmp_path / "none.txt", "--annotations", tmp_path / "ann.jsonl"], "none.txt: no such file"),
+        (["--hyp", tmp_path / "hyp.txt", "--annotations", tmp_path / "ann.jsonl"], "2 hypotheses for 1 annotated"),
+    ]:
+        caplog.clear()
+        with pytest.raises(SystemExit) as e:
+            toy_world.cli_main(["score", *map(str, argv)])
+        assert e.value.code == 2 and len(error_lines(caplog)) == 1 and message in caplog.text
+
+
+@pytest.mark.parametrize("name", ["vtlm-prepare", "vtlm-score", "vtlm-toy-world", "vtlm-convert-checkpoint"])
+def test_every_option_help_gives_its_default(name):
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(COMMANDS[name]).get_parser()
+    parsers = [parser] + [
+        sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+        for sub in action.choices.values()
+    ]  # fmt: skip
+    for p in parsers:
+        for action in p._actions:
+            optional = action.option_strings and not action.required  # required ones have no default
+            if optional and "-h" not in action.option_strings:
+                assert action.help and "default" in action.help, f"{name} {action.option_strings}"

@@ -17,10 +17,12 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def converted(reference_store, tmp_path_factory):
-    """kind -> (model, task, fixture tensors, reference id -> our id)."""
+    """kind -> (model, task, fixture tensors, reference id -> our id, the
+    reference checkpoint itself)."""
     from fairseq import checkpoint_utils
 
     from vtlm_fairseq.convert.reference_checkpoint import convert
+    from vtlm_fairseq.convert.safe_load import load_reference_checkpoint
 
     root, store = reference_store
     out = tmp_path_factory.mktemp("converted")
@@ -34,10 +36,10 @@ def converted(reference_store, tmp_path_factory):
         (model,), _, task = checkpoint_utils.load_model_ensemble_and_task([str(out / kind / "checkpoint.pt")])
         model.eval()
         reference = torch.load(root / fixture, weights_only=True)
-        ref_ckpt = torch.load(root / "checkpoints" / f"{ckpt}.pth", weights_only=False)
+        ref_ckpt = load_reference_checkpoint(root / "checkpoints" / f"{ckpt}.pth")
         id_map = torch.tensor([task.source_dictionary.index(w) if w not in SPECIAL_NAMES else
                                SPECIAL_NAMES[w](task) for _, w in sorted(ref_ckpt["dico_id2word"].items())])  # fmt: skip
-        models[kind] = (model, task, reference, id_map)
+        models[kind] = (model, task, reference, id_map, ref_ckpt)
     return models
 
 
@@ -56,11 +58,21 @@ def close(ours, theirs, what):
     return diff
 
 
-def encoder_inputs(ref, id_map, masked: bool, regions: bool):
+def language_map(task, ref_ckpt):
+    """Reference language id -> ours (the converter maps them by name)."""
+    ours = task.lang_ids
+    lang2id = ref_ckpt["params"]["lang2id"]
+    out = torch.full((max(lang2id.values()) + 1,), -1, dtype=torch.long)
+    for lang, ref_id in lang2id.items():
+        out[ref_id] = ours.get(lang, -1)
+    return out
+
+
+def encoder_inputs(ref, id_map, lang_map, masked: bool, regions: bool):
     x = ref["input__x_masked" if masked else "input__x"].t()  # batch-major
     net_input = {
         "src_tokens": id_map[x],
-        "src_langs": ref["input__langs"].t(),  # de=0, en=1 in both
+        "src_langs": lang_map[ref["input__langs"].t()],
         "src_positions": ref["input__positions"].t(),
     }
     if regions:
@@ -76,13 +88,15 @@ def encoder_inputs(ref, id_map, masked: bool, regions: bool):
 
 @pytest.mark.parametrize("kind", ["vtlm", "tlm"])
 def test_pretrained_encoder_reproduces_reference(converted, kind):
-    model, task, ref, id_map = converted[kind]
+    model, task, ref, id_map, ref_ckpt = converted[kind]
+    lang_map = language_map(task, ref_ckpt)
     regions = kind == "vtlm"
-    text_real = ref["input__x"].t().ne(2)  # reference pad id 2
-    n_regions = 36 if regions else 0
+    text_real = ref["input__x"].t().ne(ref_ckpt["dico_word2id"]["<pad>"])
+    n_regions = ref["input__img_feats"].shape[1] if regions else 0
     for forward in ("clean", "masked"):
         with torch.no_grad():
-            lm_logits, region_logits, out = model(**encoder_inputs(ref, id_map, forward == "masked", regions))
+            inputs = encoder_inputs(ref, id_map, lang_map, forward == "masked", regions)
+            lm_logits, region_logits, out = model(**inputs)
         states = out["states"]
         hidden = ref[f"output__{forward}__hidden"].transpose(0, 1)
         real = torch.cat([torch.ones(len(text_real), n_regions, dtype=torch.bool), text_real], dim=1)
@@ -96,7 +110,7 @@ def test_pretrained_encoder_reproduces_reference(converted, kind):
             close(all_regions, ref[f"output__{forward}__region_logits_all"], f"{forward} region logits")
     # the masked forward's training quantities, in the reference's row orders
     pred_mask = ref["input__pred_mask"].t()
-    masked_inputs = encoder_inputs(ref, id_map, True, regions)
+    masked_inputs = encoder_inputs(ref, id_map, lang_map, True, regions)
     with torch.no_grad():
         lm, reg, _ = model(**masked_inputs, masked_tokens=pred_mask,
                            masked_regions=ref["input__img_pred_mask"] if regions else None)  # fmt: skip
@@ -113,39 +127,43 @@ def test_pretrained_encoder_reproduces_reference(converted, kind):
         close(F.cross_entropy(reg, ref["input__img_y"]), ref["output__masked__mrc_loss"][0], "MRC loss")
 
 
-def mmt_sample(ref, id_map, sources, image_index):
-    """A fairseq batch of reference sources (each ``</s> ... </s>``)."""
+def mmt_sample(ref, id_map, sources, image_index, pad):
+    """A fairseq batch of reference sources (each ``</s> ... </s>``), padded
+    with our ``pad``."""
     src = [id_map[torch.as_tensor(s)] for s in sources]
     width = max(len(s) for s in src)
-    tokens = torch.full((len(src), width), 1, dtype=torch.long)  # our pad = 1
+    tokens = torch.full((len(src), width), pad, dtype=torch.long)
     for i, s in enumerate(src):
         tokens[i, : len(s)] = s
     image = torch.as_tensor(image_index)
+    features = ref["input__img_feats"][image]
     return {
         "net_input": {
             "src_tokens": tokens,
             "src_lengths": torch.tensor([len(s) for s in src]),
-            "region_features": ref["input__img_feats"][image],
+            "region_features": features,
             "region_boxes": ref["input__img_boxes"][image],
-            "region_mask": torch.ones(len(src), 36, dtype=torch.bool),
+            "region_mask": torch.ones(features.shape[:2], dtype=torch.bool),
         }
     }
 
 
 def test_mmt_reproduces_reference_states_and_logits(converted):
-    model, task, ref, id_map = converted["mmt"]
-    sample = mmt_sample(ref, id_map, [c[: int(n)] for c, n in zip(ref["input__src_x"].t(), ref["input__src_len"])],
-                        [0, 1, 2])  # fmt: skip
+    model, task, ref, id_map, ref_ckpt = converted["mmt"]
+    ref_ids = ref_ckpt["dico_word2id"]
+    sources = columns(ref["input__src_x"], ref["input__src_len"])
+    sample = mmt_sample(ref, id_map, sources, list(range(len(sources))), task.source_dictionary.pad())  # image i
     with torch.no_grad():
         enc = model.encoder(**sample["net_input"])
         states = enc["encoder_out"][0]  # T x B x C
-        src_real = torch.cat([torch.ones(3, 36, dtype=torch.bool), ref["input__src_x"].t().ne(2)], dim=1)
+        regions = sample["net_input"]["region_mask"]
+        src_real = torch.cat([regions, ref["input__src_x"].t().ne(ref_ids["<pad>"])], dim=1)
         close(states.transpose(0, 1)[src_real], ref["output__encoder_output"].transpose(0, 1)[src_real],
               "MMT encoder states")  # fmt: skip
         tgt = ref["input__tgt_x"].t()
         hidden, _ = model.decoder(id_map[tgt], encoder_out=enc, features_only=True)
         logits = model.decoder.output_layer(hidden)[:, :, id_map]
-    tgt_real = tgt.ne(2)
+    tgt_real = tgt.ne(ref_ids["<pad>"])
     close(hidden[tgt_real], ref["output__decoder_hidden"].transpose(0, 1)[tgt_real], "decoder states")
     close(logits[tgt_real], ref["output__decoder_logits"].transpose(0, 1)[tgt_real], "decoder logits")
     # the reference's loss: mean over t < len-1 of logits[t] against tgt[t+1]
@@ -154,43 +172,46 @@ def test_mmt_reproduces_reference_states_and_logits(converted):
     close(loss, ref["output__decoder_xent_loss"][0], "decoder cross-entropy")
 
 
-def decode(model, task, ref, id_map, sources, images, beam, max_len):
+def decode(model, task, ref, id_map, ref_ids, sources, images, beam, max_len):
     """fairseq's SequenceGenerator, set up as the reference decodes: the
     reference's max_len counts the start symbol and the final </s>, fairseq's
     does not count the start symbol and allows one more step."""
     from fairseq.sequence_generator import SequenceGenerator
 
-    generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, len_penalty=1.0,
-                                  max_len_a=0, max_len_b=max_len - 2)  # fmt: skip
-    hypos = generator.generate([model], mmt_sample(ref, id_map, sources, images))
+    generator = SequenceGenerator([model], task.target_dictionary, beam_size=beam, max_len_a=0,
+                                  len_penalty=ref["meta__length_penalty"], max_len_b=max_len - 2)  # fmt: skip
+    hypos = generator.generate([model], mmt_sample(ref, id_map, sources, images, task.source_dictionary.pad()))
     ref_of_ours = torch.empty(len(task.target_dictionary), dtype=torch.long)
     ref_of_ours[id_map] = torch.arange(len(id_map))
-    return [[1] + ref_of_ours[h[0]["tokens"]].tolist() for h in hypos]  # "</s> ... </s>" as theirs
+    # "</s> ... </s>" as theirs: their start symbol is </s>
+    return [[ref_ids["</s>"]] + ref_of_ours[h[0]["tokens"]].tolist() for h in hypos]
 
 
 def columns(ids, lengths):
     return [ids[: int(n), i].tolist() for i, n in enumerate(lengths)]
 
 
-@pytest.mark.parametrize("beam", [1, 3])
-def test_mmt_decodes_as_reference(converted, beam):
-    model, task, ref, id_map = converted["mmt"]
-    name = "greedy" if beam == 1 else "beam"
+@pytest.mark.parametrize("name", ["greedy", "beam"])
+def test_mmt_decodes_as_reference(converted, name):
+    model, task, ref, id_map, ref_ckpt = converted["mmt"]
+    ref_ids = ref_ckpt["dico_word2id"]
+    beam = 1 if name == "greedy" else ref["meta__beam_size"]
     sources = columns(ref["input__src_x"], ref["input__src_len"])
-    batch = decode(model, task, ref, id_map, sources, [0, 1, 2], beam, int(ref["input__max_len_batch"]))
+    batch = decode(model, task, ref, id_map, ref_ids, sources, list(range(len(sources))), beam,
+                   int(ref["input__max_len_batch"]))  # fmt: skip
     assert batch == columns(ref[f"output__{name}_ids"], ref[f"output__{name}_len"])
     for i, source in enumerate(sources):
-        single = decode(model, task, ref, id_map, [source], [i], beam, int(ref["input__max_len_single"][i]))
+        single = decode(model, task, ref, id_map, ref_ids, [source], [i], beam, int(ref["input__max_len_single"][i]))
         assert single == [ref[f"output__{name}_ids_single"][i]], f"source {i}"
     extra = ref["input__extra_src_ids"]
     images = ref["input__extra_image_index"]
     for i, (source, image, max_len, why) in enumerate(
         zip(extra, images, ref["input__extra_max_len"], ref["input__extra_case_kind"])
     ):
-        single = decode(model, task, ref, id_map, [source], [image], beam, max_len)
+        single = decode(model, task, ref, id_map, ref_ids, [source], [image], beam, max_len)
         assert single == [ref[f"output__extra_{name}_ids_single"][i]], f"extra source {i} ({why})"
     batch_max = int(1.5 * max(len(s) for s in extra) + 10)
-    batch = decode(model, task, ref, id_map, extra, images, beam, batch_max)
+    batch = decode(model, task, ref, id_map, ref_ids, extra, images, beam, batch_max)
     assert batch == columns(ref[f"output__extra_{name}_ids_batch"], ref[f"output__extra_{name}_len_batch"])
 
 

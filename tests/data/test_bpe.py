@@ -53,3 +53,14 @@ def test_malformed_fastbpe_line_named(tmp_path):
     codes.write_text("i n 100\ne n</w> lots\n")
     with pytest.raises(ValueError, match=r"codes:2: not a fastBPE merge"):
         read_codes(codes)
+
+
+@pytest.mark.parametrize("text", ["#version: 0.2\na b\nc\n", "#version: 0.2\n"], ids=["bad line", "no merges"])
+def test_codes_subword_nmt_would_exit_on_are_errors(tmp_path, text):
+    """subword-nmt calls sys.exit on them, which hangs a worker pool."""
+    from vtlm_fairseq.data.corpus import CorpusError
+
+    codes = tmp_path / "codes"
+    codes.write_text(text)
+    with pytest.raises(CorpusError, match=r"codes(:3: not a subword-nmt merge|: no BPE merges)"):
+        BPEApplier(codes)

@@ -75,6 +75,30 @@ def test_order_file_rejects_whitespace_in_names(tmp_path):
 
 
 def test_discover_splits(tmp_path):
-    for name in ["train.en.gz", "train.de.gz", "val.en", "val.de", "test.en", "notes.txt"]:
+    # one language gzipped and the other plain is fine
+    for name in ["train.en.gz", "train.de.gz", "val.en", "val.de", "test.en.gz", "test.de", "notes.txt"]:
         write(tmp_path / name, b"x\n")
-    assert discover_splits(tmp_path, "en", "de") == ["train", "val"]
+    (tmp_path / "sub.en").mkdir()  # folders are not text files
+    assert discover_splits(tmp_path, "en", "de") == ["train", "test", "val"]
+
+
+def test_split_with_one_language_only_names_the_missing_file(tmp_path):
+    """It used to be dropped without a word."""
+    for name in ["train.en", "train.de", "val.en"]:
+        write(tmp_path / name, b"x\n")
+    with pytest.raises(CorpusError, match=r"val\.de: no such file \(nor \.gz\), but .*val\.en is there"):
+        discover_splits(tmp_path, "en", "de")
+
+
+def test_plain_and_gzip_of_one_file_is_ambiguous(tmp_path):
+    for name in ["train.en", "train.en.gz", "train.de"]:
+        write(tmp_path / name, b"x\n", gz=name.endswith(".gz"))
+    with pytest.raises(CorpusError, match=r"train\.en: train\.en\.gz is there too"):
+        discover_splits(tmp_path, "en", "de")
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: p.write_text("x")], ids=["missing", "a file"])
+def test_raw_dir_must_be_a_folder(tmp_path, make):
+    make(tmp_path / "raw")
+    with pytest.raises(CorpusError, match=r"raw: (no such folder|not a folder)"):
+        discover_splits(tmp_path / "raw", "en", "de")

@@ -63,7 +63,7 @@ def test_toy_world_runs_through_the_real_pipeline(toy_prepared):
 def test_existing_output_needs_force(toy_prepared):
     root, manifest = toy_prepared
     cfg = PrepareConfig(**{**manifest["config"], "force": False})
-    with pytest.raises(FileExistsError, match="--force"):
+    with pytest.raises(CorpusError, match="--force"):
         prepare(cfg)
 
 
@@ -153,3 +153,101 @@ def test_multi30k_all_splits_in_one_folder(tmp_path):
     # the paper's normalisation: lowercased, accents stripped
     tok = (tmp_path / "tok" / "valid.de").read_text()
     assert tok == tok.lower() and "ä" not in tok and "ü" not in tok
+
+
+def test_split_with_one_language_missing_stops_naming_the_file(tmp_path):
+    """val.en without val.de used to drop the split without a word."""
+    cfg = make_corpus(tmp_path, b"a b\n", b"x y\n")
+    (tmp_path / "raw" / "val.en").write_bytes(b"a\n")
+    with pytest.raises(CorpusError, match=r"raw/val\.de: no such file .*/val\.en is there"):
+        prepare(cfg)
+    assert not (tmp_path / "bin").exists()
+
+
+def write_file(tmp_path, name, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(bpe_merges=0), r"--bpe-merges 0: at least 1"),
+        (dict(bpe_merges=-5), r"--bpe-merges -5: at least 1"),
+        (dict(workers=0), r"--workers 0: at least 1"),
+        (dict(src="en", tgt="en"), r"--src and --tgt are both 'en'"),
+        (dict(tgt="d/e"), r"--tgt 'd/e': a language code"),
+        (dict(splits=["train", "a,b=train"]), r"--splits 'a,b=train': expected NAME"),
+        (dict(splits=["train", "test=nowhere"]), r"raw/nowhere\.en: no such file \(nor \.gz\) for split test"),
+        (dict(image_splits_dir="{tmp}/no_images"), r"no_images: no such folder \(--image-splits\)"),
+        (dict(bpe_codes="{tmp}/none.codes"), r"none\.codes: no such file \(BPE codes\)"),
+        (dict(bpe_codes=b"a b\nc\n"), r"codes:2: not a subword-nmt merge"),
+        (dict(bpe_codes=b"a b 10\nc d x\n"), r"codes:2: not a fastBPE merge"),
+        (dict(bpe_codes=b"#version: 0.2\n"), r"codes: no BPE merges in it"),
+        (dict(bpe_codes=b""), r"codes: no BPE merges in it"),
+        (dict(bpe_codes=b"#version: 9\na b\n"), r"codes:1: not a subword-nmt codes version"),
+        (dict(dictionary="{tmp}/none.txt"), r"none\.txt: no such dictionary file"),
+        (dict(dictionary=b"a 3\nb three\n"), r"dict:2: not a dictionary line"),
+        (dict(dictionary=b"a 3\nb 2\na 1\n"), r"dict:3: 'a' is there already \(line 1\)"),
+        (dict(dictionary=b"a 3\n<unk> 2\n"), r"dict:2: '<unk>' is there already \(fairseq adds it itself\)"),
+        (dict(dictionary=b"a 3\n\nb 1\n"), r"dict:2: empty line"),
+        (dict(dictionary=b""), r"dict: empty dictionary"),
+        (dict(dest_dir=b"a file"), r"dest: not a folder"),
+        (dict(dest_dir="{tmp}/raw"), r"the output folder is the input folder \(raw_dir\)"),
+    ],
+)
+def test_bad_options_stop_before_anything_is_written(tmp_path, options, message):
+    cfg = make_corpus(tmp_path, b"a b\nc d\n", b"x y\nz w\n")
+    for key, value in options.items():
+        if isinstance(value, bytes):  # file content: write it
+            value = write_file(tmp_path, {"bpe_codes": "codes", "dictionary": "dict", "dest_dir": "dest"}[key], value)
+        elif isinstance(value, str):
+            value = value.format(tmp=tmp_path)
+        setattr(cfg, key, value)
+    with pytest.raises(CorpusError, match=message):
+        prepare(cfg)
+    assert not (tmp_path / "bin").exists()
+
+
+def test_empty_raw_file_is_an_error(tmp_path):
+    cfg = make_corpus(tmp_path, b"a b\n", b"x y\n")
+    (tmp_path / "raw" / "val.en").write_bytes(b"")
+    (tmp_path / "raw" / "val.de").write_bytes(b"")
+    with pytest.raises(CorpusError, match=r"val\.en: empty file \(split valid\)"):
+        prepare(cfg)
+
+
+def test_text_without_a_repeated_pair_is_an_error_not_a_hang(tmp_path):
+    """subword-nmt learns no merge from it, and its BPE reader exits the
+    process on empty codes: in a worker of the pool the run hung."""
+    cfg = make_corpus(tmp_path, b"ab cd\n", b"xy zw\n")
+    with pytest.raises(CorpusError, match=r"tok/train\.en and .*tok/train\.de: no pair of symbols occurs twice"):
+        prepare(cfg)
+
+
+def test_gzip_in_one_language_plain_in_the_other_and_force_keeps_other_files(tmp_path):
+    en = [f"a man holds a bat number {i} ." for i in range(20)]
+    de = [f"ein mann hält einen schläger nummer {i} ." for i in range(20)]
+    cfg = make_corpus(tmp_path, "\n".join(en).encode(), "\n".join(de).encode())
+    with gzip.open(tmp_path / "raw" / "val.en.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(en[:3]) + "\n")
+    (tmp_path / "raw" / "val.de").write_text("\n".join(de[:3]) + "\n", encoding="utf-8")
+    cfg.bpe_merges = 20
+    manifest = prepare(cfg)
+    assert manifest["splits"]["valid"]["pairs"] == 3
+    data = tmp_path / "bin"
+    (data / "notes.txt").write_text("mine")
+    # bad input with --force: the old data-bin stays as it was
+    (tmp_path / "raw" / "val.de").write_bytes(b"x\n")
+    cfg.force = True
+    with pytest.raises(CorpusError, match="no counterpart"):
+        prepare(cfg)
+    assert (data / "valid.en-de.en.bin").exists() and (data / "dict.en.txt").exists()
+    # a rebuild removes what the run wrote, and only that
+    (data / "old_split.en-de.en.bin").write_bytes(b"")
+    (tmp_path / "raw" / "val.en.gz").unlink()
+    (tmp_path / "raw" / "val.de").unlink()
+    prepare(cfg)
+    assert not (data / "valid.en-de.en.bin").exists() and not (data / "old_split.en-de.en.bin").exists()
+    assert (data / "notes.txt").read_text() == "mine"

@@ -24,3 +24,22 @@ def test_whole_words_only_and_length_check():
     assert ambiguous_word_accuracy(["ein Tennisball"], [[BALL]])["correct"] == 0
     with pytest.raises(ValueError, match="2 hypotheses but 1 annotated sources"):
         ambiguous_word_accuracy(["a", "b"], [[]])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[]\n{broken\n", r"a\.jsonl:2: not JSON"),
+        ("[]\n\n[]\n", r"a\.jsonl:2: empty line"),
+        ('{"en": "bat"}\n', r"a\.jsonl:1: not a list of ambiguous words"),
+        ('[{"en": "bat", "de": "Fledermaus", "de_np": "eine Fledermaus"}]\n', r"a\.jsonl:1: not a list"),
+        ('[{"en": "bat", "de": 3, "de_np": "x", "alternatives": []}]\n', r"a\.jsonl:1: not a list"),
+    ],
+)
+def test_bad_annotation_lines_name_file_and_line(tmp_path, text, message):
+    from vtlm_fairseq.data.corpus import CorpusError
+    from vtlm_fairseq.toy_world import read_annotations
+
+    (tmp_path / "a.jsonl").write_text(text)
+    with pytest.raises(CorpusError, match=message):
+        read_annotations(tmp_path / "a.jsonl")

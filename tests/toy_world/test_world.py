@@ -205,3 +205,55 @@ def test_lexicon_classes_exist_and_objects_are_distinct():
     check_lexicon()
     assert len({n.en for n in OBJECTS}) == len(OBJECTS)
     assert not {n.en for n in OBJECTS} & set(AMBIGUOUS)
+
+
+TINY = dict(train_pairs=8, valid_pairs=2, test_pairs=2, num_regions=12, feature_dim=2)
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("num_regions", 4, r"--num-regions 4: the minimum is 12 regions: an image can show 3 objects"),
+        ("num_regions", 0, r"--num-regions 0: the minimum is 12"),
+        ("feature_dim", 0, r"--feature-dim 0: the minimum is 1"),
+        ("train_pairs", 0, r"--train-pairs 0: the minimum is 1"),
+        ("valid_pairs", -2, r"--valid-pairs -2: the minimum is 1"),
+        ("test_pairs", 0, r"--test-pairs 0: the minimum is 1"),
+        ("captions_per_image", 0, r"--captions-per-image 0: the minimum is 1"),
+        ("eval_captions_per_image", -1, r"--eval-captions-per-image -1: the minimum is 1"),
+        ("seed", -1, r"--seed -1: the minimum is 0"),
+        ("ambiguous_rate", 1.5, r"--ambiguous-rate 1.5: a probability, at most 1"),
+        ("ambiguous_rate", -0.5, r"--ambiguous-rate -0.5: the minimum is 0"),
+        ("feature_noise", -1.0, r"--feature-noise -1.0: the minimum is 0"),
+        ("feature_noise", float("nan"), r"--feature-noise nan: not a number"),
+        ("dtype", "float64", r"--dtype float64: float16 or float32"),
+    ],
+)
+def test_bad_options_name_the_option_and_write_nothing(tmp_path, option, value, message):
+    """--num-regions 4 died with a ValueError traceback from the renderer."""
+    from vtlm_fairseq.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        build_toy_world(tmp_path / "w", ToyWorldConfig(**{**TINY, option: value}))
+    assert not (tmp_path / "w").exists()
+
+
+def test_minimum_regions_build(tmp_path):
+    """The smallest allowed world builds: the minimum is not set too high."""
+    from vtlm_fairseq.toy_world.scenes import MIN_REGIONS
+
+    build_toy_world(tmp_path / "w", ToyWorldConfig(**{**TINY, "num_regions": MIN_REGIONS}))
+    assert FeatureStore(tmp_path / "w" / "features.h5").num_regions == MIN_REGIONS
+
+
+def test_output_folder_that_is_a_file_or_holds_a_world(tmp_path):
+    from vtlm_fairseq.errors import InputError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match=r"file: not a folder"):
+        build_toy_world(tmp_path / "file", ToyWorldConfig(**TINY))
+    build_toy_world(tmp_path / "w", ToyWorldConfig(**TINY))
+    before = (tmp_path / "w" / "raw" / "train.en").read_text()
+    with pytest.raises(InputError, match=r"w/features\.h5: a toy world is there already"):
+        build_toy_world(tmp_path / "w", ToyWorldConfig(**{**TINY, "seed": 2}))
+    assert (tmp_path / "w" / "raw" / "train.en").read_text() == before

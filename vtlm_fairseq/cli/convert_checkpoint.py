@@ -2,10 +2,8 @@
 format) -> a fairseq checkpoint of this plugin plus its dictionary."""
 
 import argparse
-import logging
-import sys
 
-from .logging_setup import setup_logging
+from .command import run_command
 
 
 def get_parser():
@@ -19,27 +17,31 @@ def get_parser():
         ),
     )
     p.add_argument("checkpoint", help="the reference's .pth file")
-    p.add_argument("out_dir", help="folder for checkpoint.pt and the dictionary")
+    p.add_argument("out_dir", help="folder for checkpoint.pt and the dictionary (made if missing)")
     p.add_argument("--kind", default="auto", choices=["auto", "tlm", "vtlm", "nmt", "mmt"],
-                   help="model type (auto: encoder-only with only_vlm -> vtlm, else tlm; mmt_steps -> mmt, else nmt)")
-    p.add_argument("--source-lang", default="en")
-    p.add_argument("--target-lang", default="de")
-    p.add_argument("--region-features", help="feature store recorded in the checkpoint's task config (VTLM/MMT)")
-    return p
+                   help="model type (auto: encoder-only with only_vlm -> vtlm, else tlm; mmt_steps -> mmt, "
+                   "else nmt; default: %(default)s)")
+    p.add_argument("--source-lang", default="en", help="source language of the pair (default: %(default)s)")
+    p.add_argument("--target-lang", default="de", help="target language of the pair (default: %(default)s)")
+    p.add_argument("--region-features", help="feature store recorded in the checkpoint's task config, VTLM/MMT "
+                   "(default: none; give it to fairseq with --region-features)")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing OUT_DIR/checkpoint.pt (default: off, refuse)")
+    return p  # fmt: skip
+
+
+def run(args) -> int:
+    import vtlm_fairseq  # noqa: F401  (registers tasks and models)
+    from ..convert.reference_checkpoint import convert
+
+    convert(args.checkpoint, args.out_dir, args.kind, args.source_lang, args.target_lang, args.region_features,
+            force=args.force)  # fmt: skip
+    return 0
 
 
 def cli_main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logging()
-    import vtlm_fairseq  # noqa: F401  (registers tasks and models)
-    from ..convert.reference_checkpoint import ConversionError, convert
-    from ..convert.safe_load import UnsafeCheckpointError
-
-    try:
-        convert(args.checkpoint, args.out_dir, args.kind, args.source_lang, args.target_lang, args.region_features)
-    except (ConversionError, UnsafeCheckpointError, FileNotFoundError) as e:
-        logging.getLogger("vtlm_fairseq.convert").error("%s", e)
-        sys.exit(1)
+    run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,12 @@ world's ambiguous-word accuracy of a translation."""
 
 import argparse
 import json
-import sys
 
 from ..data.corpus import CorpusError, read_lines
-from ..scoring import read_hypotheses, score
-from .logging_setup import setup_logging
+from ..data.tokenization import moses_languages
+from ..probing.inputs import check_output_file
+from ..scoring import check_counts, read_hypotheses, score
+from .command import run_command
 
 
 def get_parser():
@@ -16,40 +17,51 @@ def get_parser():
         description=(
             "Score translations: bleu_detok (sacreBLEU, detokenised, with its signature), "
             "bleu_tok_lc (the reference code's BLEU on tokenised, lowercased, accent-stripped "
-            "text), chrF, and ambiguous-word accuracy on the toy world."
+            "text), chrF, and ambiguous-word accuracy on the toy world. The scores are printed "
+            "as JSON on stdout."
         ),
     )
-    p.add_argument("--hyp", required=True, help="fairseq-generate output (H- lines) or one hypothesis per line")
+    p.add_argument("--hyp", required=True,
+                   help="fairseq-generate output (H- lines, put in corpus order) or one hypothesis per line")
     p.add_argument("--ref", required=True, help="raw references, plain or gzipped (e.g. raw/test_2016_flickr.de.gz)")
-    p.add_argument("--lang", default="de", help="target language (Moses rules)")
+    p.add_argument("--lang", default="de",
+                   help="target language, for Moses detokenisation and tokenisation (default: %(default)s)")
     case = p.add_mutually_exclusive_group()
     case.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
-                      help="case-insensitive detokenised BLEU/chrF (default: when hypotheses are all lowercase)")
-    case.add_argument("--cased", dest="lowercase", action="store_false")
-    p.add_argument("--annotations", help="toy world ambiguity/{split}.jsonl: adds ambiguous-word accuracy")
-    p.add_argument("--json", help="also write the scores here")
-    return p
+                      help="case-insensitive detokenised BLEU/chrF (default: when the hypotheses are all lowercase)")
+    case.add_argument("--cased", dest="lowercase", action="store_false",
+                      help="case-sensitive detokenised BLEU/chrF (default: unless the hypotheses are all lowercase)")
+    p.add_argument("--annotations",
+                   help="toy world ambiguity/{split}.jsonl: adds ambiguous-word accuracy (default: none)")
+    p.add_argument("--json", help="also write the scores to this file (default: stdout only)")
+    return p  # fmt: skip
 
 
-def cli_main(argv=None):
-    args = get_parser().parse_args(argv)
-    setup_logging()
-    try:
-        hyps = read_hypotheses(args.hyp)
-        refs = read_lines(args.ref)
-        annotations = None
-        if args.annotations:
-            from ..toy_world import read_annotations
+def run(args) -> int:
+    if args.lang not in moses_languages():  # a typo would score with other tokenisation rules
+        raise CorpusError(f"--lang {args.lang!r}: not a language with Moses rules ({' '.join(moses_languages())})")
+    if args.json:
+        check_output_file(args.json, "--json")
+    hyps = read_hypotheses(args.hyp)
+    refs = read_lines(args.ref)
+    check_counts(args.hyp, hyps, args.ref, refs, "references")
+    annotations = None
+    if args.annotations:
+        from ..toy_world import read_annotations
 
-            annotations = read_annotations(args.annotations)
-        result = score(hyps, refs, args.lang, args.lowercase, annotations)
-    except (CorpusError, ValueError) as e:
-        print(f"vtlm-score: {e}", file=sys.stderr)
-        sys.exit(1)
+        annotations = read_annotations(args.annotations)
+        check_counts(args.hyp, hyps, args.annotations, annotations, "annotated sentences")
+    result = score(hyps, refs, args.lang, args.lowercase, annotations)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+    return 0
+
+
+def cli_main(argv=None):
+    args = get_parser().parse_args(argv)
+    run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

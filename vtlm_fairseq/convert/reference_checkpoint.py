@@ -14,6 +14,8 @@ file does not fill."""
 import json
 import logging
 import re
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -57,6 +59,71 @@ def detect_kind(ckpt: Dict) -> str:
     if "encoder" in ckpt and "decoder" in ckpt:
         return "mmt" if params.get("mmt_steps") else "nmt"
     raise ConversionError("neither 'model' nor 'encoder'/'decoder' weights: not a reference checkpoint")
+
+
+def _fairseq_checkpoint_note(ckpt: Dict) -> Optional[str]:
+    """What a fairseq checkpoint (not a reference one) is, for the message."""
+    cfg = ckpt.get("cfg")
+    if not isinstance(cfg, dict) and ckpt.get("args") is None:
+        return None
+    from fairseq.tasks import TASK_REGISTRY
+
+    task = (cfg or {}).get("task") or {}
+    name = task.get("_name") if isinstance(task, dict) else None
+    ours = name in TASK_REGISTRY and TASK_REGISTRY[name].__module__.startswith(__package__.split(".")[0])
+    return f"a fairseq checkpoint of this plugin (task {name})" if ours else f"a fairseq checkpoint (task {name})"
+
+
+# tensors every reference model has; the sizes of ours are read from them
+REQUIRED_TENSORS = (
+    "embeddings.weight", "position_embeddings.weight", "attentions.0.q_lin.weight", "ffns.0.lin1.weight",
+)  # fmt: skip
+
+
+def check_reference(ckpt, path, kind: str = "auto") -> str:
+    """The kind of a reference (XLM-format) checkpoint: ``kind`` unless
+    "auto". Raises ConversionError naming the file when it is not one (a
+    fairseq checkpoint, another file) or has no weights of that kind."""
+    if not isinstance(ckpt, dict):
+        raise ConversionError(f"{path}: not a reference (XLM) checkpoint: it holds a {type(ckpt).__name__}")
+    if "dico_id2word" not in ckpt:
+        note = _fairseq_checkpoint_note(ckpt)
+        if note:
+            raise ConversionError(
+                f"{path}: {note}, not a reference (XLM) one: it needs no conversion (give it to fairseq-generate "
+                "--path or --pretrained-checkpoint as it is)"
+            )
+        keys = ", ".join(map(str, ckpt))
+        raise ConversionError(f"{path}: not a reference (XLM) checkpoint: no dico_id2word (keys: {keys})")
+    id2word = ckpt["dico_id2word"]
+    if not isinstance(id2word, dict) or not all(isinstance(i, int) and isinstance(w, str) for i, w in id2word.items()):
+        raise ConversionError(f"{path}: dico_id2word is not a dictionary of ids to words")
+    twice = sorted(w for w, n in Counter(id2word.values()).items() if n > 1)
+    if twice:
+        raise ConversionError(f"{path}: dico_id2word has {', '.join(map(repr, twice[:5]))} under two ids")
+    if not isinstance(ckpt.get("params", {}), dict):
+        raise ConversionError(f"{path}: its params are not a dictionary")
+    _check_supported(ckpt.get("params", {}), path)
+    if "model" not in ckpt and not ("encoder" in ckpt and "decoder" in ckpt):
+        raise ConversionError(f"{path}: neither 'model' nor 'encoder'/'decoder' weights: not a reference checkpoint")
+    found = detect_kind(ckpt)
+    if kind == "auto":
+        kind = found
+    elif kind not in KINDS:
+        raise ConversionError(f"kind must be one of {', '.join(KINDS)}: {kind}")
+    elif (kind in ("tlm", "vtlm")) != (found in ("tlm", "vtlm")):
+        holds = "an encoder ('model': TLM or VTLM)" if found in ("tlm", "vtlm") else "an encoder-decoder (NMT or MMT)"
+        raise ConversionError(f"{path}: --kind {kind}, but the file holds {holds}; use --kind auto")
+    elif kind != found:  # e.g. a TLM's region layers are untrained initial values
+        logger.warning("%s: converted as %s (--kind), although its params say %s", path, kind.upper(), found.upper())
+    for module in ("model",) if kind in ("tlm", "vtlm") else ("encoder", "decoder"):
+        state = ckpt[module]
+        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise ConversionError(f"{path}: '{module}' is not a dictionary of tensors")
+        missing = [name for name in REQUIRED_TENSORS if name not in state]
+        if missing:
+            raise ConversionError(f"{path}: '{module}' has no {', '.join(missing)}: not a reference model")
+    return kind
 
 
 def build_dictionary(id2word: Dict[int, str], counts: Dict[str, int]) -> Dictionary:
@@ -151,7 +218,7 @@ def _fill(module: torch.nn.Module, reference: Dict[str, torch.Tensor], prefix: s
     report.not_mapped += [prefix + n for n in reference if n not in used]
 
 
-def _check_supported(params: Dict) -> None:
+def _check_supported(params: Dict, path) -> None:
     unsupported = {
         "gelu_activation": (False, "ReLU feed-forward layers"),
         "sinusoidal_embeddings": (True, "sinusoidal positions"),
@@ -162,7 +229,7 @@ def _check_supported(params: Dict) -> None:
     }
     problems = [why for key, (bad, why) in unsupported.items() if key in params and bool(params[key]) == bad]
     if problems:
-        raise ConversionError("unsupported reference settings: " + "; ".join(problems))
+        raise ConversionError(f"{path}: unsupported reference settings: " + "; ".join(problems))
 
 
 def _fairseq_cfg(kind: str, params: Dict, dims: Dict[str, int], data_dir: Path, src: str, tgt: str,
@@ -191,39 +258,39 @@ def _fairseq_cfg(kind: str, params: Dict, dims: Dict[str, int], data_dir: Path, 
         argv += ["--criterion", "vtlm_loss"]
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, input_args=argv)
-    return convert_namespace_to_omegaconf(args), argv
+    with warnings.catch_warnings():  # Hydra's deprecation notices about fairseq's own use of it
+        warnings.simplefilter("ignore")
+        return convert_namespace_to_omegaconf(args), argv
 
 
 def convert(path, out_dir, kind: str = "auto", source_lang: str = "en", target_lang: str = "de",
-            region_features: Optional[str] = None) -> ConversionReport:  # fmt: skip
+            region_features: Optional[str] = None, force: bool = False) -> ConversionReport:  # fmt: skip
     """Writes ``out_dir/checkpoint.pt``, ``dict.txt`` (+ ``dict.{src,tgt}.txt``)
-    and ``conversion.json``; returns the report."""
+    and ``conversion.json`` (an existing checkpoint.pt only with ``force``);
+    returns the report."""
     from ..models.vtlm import VTLMModel  # after the plugin registered everything
     from ..models.vtlm_translation import VTLMTranslationModel
 
-    ckpt = load_reference_checkpoint(path)
-    kind = detect_kind(ckpt) if kind == "auto" else kind
-    if kind not in KINDS:
-        raise ConversionError(f"kind must be one of {', '.join(KINDS)}: {kind}")
-    params = ckpt.get("params", {})
-    _check_supported(params)
-    report = ConversionReport(kind=kind)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    saved_dict = build_dictionary(ckpt["dico_id2word"], ckpt.get("dico_counts", {}))
-    for name in ("dict.txt", f"dict.{source_lang}.txt", f"dict.{target_lang}.txt"):
-        saved_dict.save(str(out_dir / name))
-    dictionary = load_vocabulary(out_dir / "dict.txt")  # exactly as the tasks will load it
-    mask_idx = dictionary.index(MASK_SYMBOL)
-    vocab_rows = reference_rows(dictionary, ckpt["dico_id2word"])
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"{out_dir}: not a folder (the output folder)")
+    if (out_dir / "checkpoint.pt").exists() and not force:
+        raise ConversionError(f"{out_dir / 'checkpoint.pt'}: exists already; use --force to replace it")
+    if source_lang == target_lang:
+        raise ConversionError(f"source and target language are both {source_lang!r}")
+    ckpt = load_reference_checkpoint(path)
+    kind = check_reference(ckpt, path, kind)
+    params = ckpt.get("params", {})
+    if region_features and kind in ("vtlm", "mmt") and not Path(region_features).is_file():
+        logger.warning("%s: no such feature store (recorded in the checkpoint's config all the same)", region_features)
+    report = ConversionReport(kind=kind)
 
     # language rows by name: ours are the pair's languages sorted, then img
     ours = language_ids(source_lang, target_lang)
     lang2id = params.get("lang2id") or {"de": 0, "en": 1, IMG_LANG: 2}
     missing = [lang for lang in ours if lang not in lang2id]
     if missing:
-        raise ConversionError(f"the checkpoint has no language {', '.join(missing)} (it has {', '.join(lang2id)})")
+        raise ConversionError(f"{path}: no language {', '.join(missing)} (it has {', '.join(lang2id)})")
     lang_rows = torch.tensor([lang2id[lang] for lang in sorted(ours, key=ours.get)])
     unused_langs = [lang for lang in lang2id if lang not in ours]
     if unused_langs:
@@ -246,6 +313,15 @@ def convert(path, out_dir, kind: str = "auto", source_lang: str = "en", target_l
         raise ConversionError(f"{path}: a {kind.upper()} checkpoint without region projections (projector.linear)")
     if kind in ("nmt", "mmt"):
         dims["decoder_layers"] = len({k.split(".")[1] for k in ckpt["decoder"] if k.startswith("attentions.")})
+
+    # checked what can be: now the files
+    out_dir.mkdir(parents=True, exist_ok=True)
+    saved_dict = build_dictionary(ckpt["dico_id2word"], ckpt.get("dico_counts", {}))
+    for name in ("dict.txt", f"dict.{source_lang}.txt", f"dict.{target_lang}.txt"):
+        saved_dict.save(str(out_dir / name))
+    dictionary = load_vocabulary(out_dir / "dict.txt")  # exactly as the tasks will load it
+    mask_idx = dictionary.index(MASK_SYMBOL)
+    vocab_rows = reference_rows(dictionary, ckpt["dico_id2word"])
     cfg, argv = _fairseq_cfg(kind, params, dims, out_dir.resolve(), source_lang, target_lang, region_features)
 
     # the registered models' own builders, given what a task would provide

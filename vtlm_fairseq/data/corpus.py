@@ -2,7 +2,6 @@
 the file and line of every problem."""
 
 import gzip
-import os
 import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -85,25 +84,36 @@ def read_order_file(path) -> List[str]:
 
 
 def find_text_file(directory, split: str, lang: str) -> Optional[Path]:
-    """``{split}.{lang}`` or ``{split}.{lang}.gz`` in directory, if present."""
-    for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
-        path = Path(directory) / name
-        if path.is_file():
-            return path
-    return None
+    """``{split}.{lang}`` or ``{split}.{lang}.gz`` in directory, if present;
+    both at once is an error (which one is meant?)."""
+    found = [p for p in (Path(directory) / f"{split}.{lang}", Path(directory) / f"{split}.{lang}.gz") if p.is_file()]
+    if len(found) > 1:
+        raise CorpusError(f"{found[0]}: {found[1].name} is there too; keep one of them")
+    return found[0] if found else None
 
 
 def discover_splits(directory, src: str, tgt: str) -> List[str]:
-    """Split names that have both a source and a target file in directory."""
+    """Split names that have a source and a target file in directory. A split
+    with only one of them is an error naming the missing file: dropping it
+    would lose that split without a word."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CorpusError(f"{directory}: {'not a folder' if directory.exists() else 'no such folder'}")
     splits = set()
-    for name in os.listdir(directory):
-        stem = name[:-3] if name.endswith(".gz") else name
+    for path in directory.iterdir():
+        stem = path.name[:-3] if path.name.endswith(".gz") else path.name
         for lang in (src, tgt):
-            if stem.endswith("." + lang):
-                split = stem[: -len(lang) - 1]
-                if find_text_file(directory, split, src) and find_text_file(
-                    directory, split, tgt
-                ):
-                    splits.add(split)
+            if stem.endswith("." + lang) and len(stem) > len(lang) + 1 and path.is_file():
+                splits.add(stem[: -len(lang) - 1])
+    for split in sorted(splits):
+        # find_text_file refuses a split with both .LANG and .LANG.gz
+        files = {lang: find_text_file(directory, split, lang) for lang in (src, tgt)}
+        for lang, path in files.items():
+            if path is None:
+                present = next(p for p in files.values() if p is not None)
+                raise CorpusError(
+                    f"{directory / f'{split}.{lang}'}: no such file (nor .gz), but {present} is there: every "
+                    f"split needs both languages (or choose the splits to prepare with --splits)"
+                )
     # train first, then the rest in a stable order
     return sorted(splits, key=lambda s: (s != "train", s))

@@ -3,9 +3,11 @@ Moses normalisation and tokenisation, lowercasing and accent stripping, joint
 BPE, ``fairseq-preprocess`` with a joined dictionary, and one ``{split}.order``
 file per split next to the binarised text."""
 
+import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,7 +15,7 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .bpe import apply_bpe_lines, learn_joint_bpe
+from .bpe import apply_bpe_lines, learn_joint_bpe, read_codes
 from .corpus import (
     CorpusError,
     check_parallel,
@@ -22,12 +24,18 @@ from .corpus import (
     read_lines,
     read_order_file,
 )
-from .tokenization import normalize_pretokenized_lines, tokenize_lines
+from .tokenization import moses_languages, normalize_pretokenized_lines, tokenize_lines
 
 logger = logging.getLogger(__name__)
 
 # Multi30k calls its validation split "val"; fairseq expects "valid".
 DEFAULT_RENAMES = {"val": "valid"}
+# split names and language codes become parts of file names (and fairseq's
+# comma-separated --testpref): no separators, no commas
+NAME = re.compile(r"[\w-]+")
+LANGUAGE = re.compile(r"[A-Za-z0-9_]+")
+# what a run writes into the data-bin; --force removes these (and tok/, bpe/), nothing else
+OUTPUT_PATTERNS = ("dict.*.txt", "*.bin", "*.idx", "*.order", "bpe.codes", "preprocess.log", "prepare.json")
 
 
 @dataclass
@@ -63,6 +71,11 @@ class SplitSource:
 def resolve_splits(cfg: PrepareConfig) -> List[SplitSource]:
     if cfg.splits:
         pairs = [s.split("=", 1) if "=" in s else (s, s) for s in cfg.splits]
+        for (name, raw_name), given in zip(pairs, cfg.splits):
+            if not NAME.fullmatch(name) or not raw_name:
+                raise CorpusError(
+                    f"--splits {given!r}: expected NAME or NAME=RAW_NAME, NAME of letters, digits, '_' or '-'"
+                )
     else:
         found = discover_splits(cfg.raw_dir, cfg.src, cfg.tgt)
         pairs = [(DEFAULT_RENAMES.get(s, s), s) for s in found]
@@ -76,17 +89,18 @@ def resolve_splits(cfg: PrepareConfig) -> List[SplitSource]:
             f"{cfg.raw_dir}: no 'train' split for the dictionary and BPE (found "
             f"{names}); name one with --splits train=RAW_NAME"
         )
-    if len(set(names)) != len(names):
-        raise CorpusError(f"split names given twice: {names}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raw_names = [raw for name, raw in pairs if name == twice[0]]
+        raise CorpusError(f"split {twice[0]!r} comes from {' and '.join(raw_names)}: name them apart with --splits")
     sources = []
     for name, raw_name in pairs:
         text = {}
         for lang in (cfg.src, cfg.tgt):
             path = find_text_file(cfg.raw_dir, raw_name, lang)
             if path is None:
-                raise CorpusError(
-                    f"{cfg.raw_dir}: no {raw_name}.{lang} or {raw_name}.{lang}.gz"
-                )
+                missing = Path(cfg.raw_dir) / f"{raw_name}.{lang}"
+                raise CorpusError(f"{missing}: no such file (nor .gz) for split {name}")
             text[lang] = path
         order = None
         if cfg.image_splits_dir:
@@ -121,24 +135,79 @@ def _check_not_emptied(source: Path, lines):
             raise CorpusError(f"{source}:{lineno}: nothing left after tokenisation")
 
 
+def check_dictionary(path) -> int:
+    """The number of symbols of a fairseq dictionary file; raises CorpusError
+    naming the file and line that fairseq's own reader (fed one line at a
+    time) refuses, where fairseq would name neither."""
+    from fairseq.data import Dictionary
+
+    if not Path(path).is_file():
+        raise CorpusError(f"{path}: no such dictionary file")
+    dictionary, first_line = Dictionary(), {}
+    for lineno, line in enumerate(read_lines(path), start=1):
+        try:
+            dictionary.add_from_file(io.StringIO(line))
+        except ValueError:
+            raise CorpusError(f"{path}:{lineno}: not a dictionary line ('SYMBOL COUNT'): {line!r}") from None
+        except RuntimeError:  # a symbol listed twice (no #fairseq:overwrite flag)
+            word = line.rstrip().rsplit(" ", 1)[0]
+            where = f"line {first_line[word]}" if word in first_line else "fairseq adds it itself"
+            raise CorpusError(f"{path}:{lineno}: {word!r} is there already ({where})") from None
+        first_line.setdefault(dictionary.symbols[-1], lineno)  # each line appends its symbol
+    if not first_line:
+        raise CorpusError(f"{path}: empty dictionary")
+    return len(dictionary) - dictionary.nspecial
+
+
+def check_config(cfg: PrepareConfig) -> None:
+    """Every option and input path, before anything is read or written."""
+    for option, lang in (("--src", cfg.src), ("--tgt", cfg.tgt)):
+        if not LANGUAGE.fullmatch(lang):
+            raise CorpusError(f"{option} {lang!r}: a language code is letters, digits or '_' (it names the files)")
+    if cfg.src == cfg.tgt:
+        raise CorpusError(f"--src and --tgt are both {cfg.src!r}: a parallel corpus needs two languages")
+    for lang in {cfg.src, cfg.tgt} - set(cfg.pretokenized) - set(moses_languages()):
+        logger.warning("%s: no Moses rules for this language; its text is tokenised by the generic ones", lang)
+    if set(cfg.pretokenized) - {cfg.src, cfg.tgt}:
+        raise CorpusError(f"pretokenized languages {cfg.pretokenized} must be {cfg.src} or {cfg.tgt}")
+    if cfg.workers < 1:
+        raise CorpusError(f"--workers {cfg.workers}: at least 1 process is needed")
+    if cfg.bpe_codes:
+        read_codes(cfg.bpe_codes)
+    elif cfg.bpe_merges < 1:
+        raise CorpusError(f"--bpe-merges {cfg.bpe_merges}: at least 1 merge is needed (or give --bpe-codes)")
+    if cfg.dictionary:
+        check_dictionary(cfg.dictionary)
+    dest = Path(cfg.dest_dir)
+    if dest.exists() and not dest.is_dir():
+        raise CorpusError(f"{dest}: not a folder (dest_dir)")
+    for option, folder in (("raw_dir", cfg.raw_dir), ("--image-splits", cfg.image_splits_dir)):
+        if folder and not Path(folder).is_dir():
+            raise CorpusError(f"{folder}: {'not a folder' if Path(folder).exists() else 'no such folder'} ({option})")
+        if folder and dest.is_dir() and dest.samefile(folder):  # --force would remove the input
+            raise CorpusError(f"{dest}: the output folder is the input folder ({option}); choose another dest_dir")
+    if (dest / f"dict.{cfg.src}.txt").exists() and not cfg.force:
+        raise CorpusError(f"{dest} already holds a prepared corpus; use --force to rebuild it")
+
+
+def _remove_outputs(dest: Path) -> None:
+    """What an earlier run wrote (--force), and nothing else of the folder."""
+    for sub in ("tok", "bpe"):
+        shutil.rmtree(dest / sub, ignore_errors=True)
+    for pattern in OUTPUT_PATTERNS:
+        for path in dest.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     start = time.time()
     dest = Path(cfg.dest_dir)
-    if set(cfg.pretokenized) - {cfg.src, cfg.tgt}:
-        raise CorpusError(f"pretokenized languages {cfg.pretokenized} must be {cfg.src} or {cfg.tgt}")
-    if (dest / f"dict.{cfg.src}.txt").exists():
-        if not cfg.force:
-            raise FileExistsError(
-                f"{dest} already holds a prepared corpus; use --force to rebuild it"
-            )
-        for sub in ("tok", "bpe"):
-            shutil.rmtree(dest / sub, ignore_errors=True)
-        for path in dest.iterdir():
-            if path.is_file():
-                path.unlink()
+    check_config(cfg)
     sources = resolve_splits(cfg)
 
-    # Read and check everything before any slow step.
+    # Read and check everything before any slow step (and before --force
+    # removes the old data-bin).
     raw: Dict[str, Dict[str, List[str]]] = {}
     orders: Dict[str, List[str]] = {}
     for s in sources:
@@ -147,6 +216,9 @@ def prepare(cfg: PrepareConfig) -> dict:
         if s.order is not None:
             orders[s.name] = read_order_file(s.order)
             checked[str(s.order)] = orders[s.name]
+        for path, lines in checked.items():
+            if not lines:
+                raise CorpusError(f"{path}: empty file (split {s.name})")
         check_parallel(checked)
         logger.info(
             "split %s: %d sentence pairs%s",
@@ -154,6 +226,8 @@ def prepare(cfg: PrepareConfig) -> dict:
             len(raw[s.name][cfg.src]),
             f", images from {s.order}" if s.order else "",
         )
+    if cfg.force and dest.is_dir():
+        _remove_outputs(dest)
 
     for sub in ("tok", "bpe"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
@@ -179,10 +253,14 @@ def prepare(cfg: PrepareConfig) -> dict:
         if cfg.bpe_codes:
             shutil.copyfile(cfg.bpe_codes, codes)
         else:
-            learn_joint_bpe(
-                [tok["train"][cfg.src], tok["train"][cfg.tgt]], codes, cfg.bpe_merges
-            )
-            logger.info("learned %d joint BPE merges on train", cfg.bpe_merges)
+            learned = learn_joint_bpe([tok["train"][cfg.src], tok["train"][cfg.tgt]], codes, cfg.bpe_merges)
+            if not learned:
+                train = " and ".join(str(dest / "tok" / f"train.{lang}") for lang in (cfg.src, cfg.tgt))
+                raise CorpusError(
+                    f"{train}: no pair of symbols occurs twice in the training text: no BPE merge to learn "
+                    "(give more text, or codes with --bpe-codes)"
+                )
+            logger.info("learned %d joint BPE merges on train (of --bpe-merges %d)", learned, cfg.bpe_merges)
         for s in sources:
             for lang in (cfg.src, cfg.tgt):
                 lines = _parallel_map(

@@ -5,6 +5,7 @@
 import re
 import unicodedata
 from functools import lru_cache
+from typing import List
 
 from sacremoses import MosesPunctNormalizer, MosesTokenizer
 
@@ -43,6 +44,15 @@ class MosesPipeline:
         if self.strip_accents:
             line = strip_accents(line)
         return _SPACES.sub(" ", line).strip()
+
+
+@lru_cache(maxsize=None)
+def moses_languages() -> List[str]:
+    """The languages with Moses rules (non-breaking prefixes) in sacremoses;
+    any other code is tokenised by the generic rules, without a word."""
+    from sacremoses.corpus import NonbreakingPrefixes
+
+    return sorted(set(NonbreakingPrefixes().available_langs.values()))
 
 
 @lru_cache(maxsize=None)

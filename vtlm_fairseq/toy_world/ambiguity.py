@@ -5,7 +5,9 @@ import json
 import re
 from typing import Dict, List, Sequence
 
+from ..data.corpus import CorpusError, read_lines
 from ..data.tokenization import remove_bpe, strip_accents
+from ..errors import InputError
 
 _WORD = re.compile(r"\w+")
 
@@ -16,9 +18,34 @@ def words(text: str) -> List[str]:
     return _WORD.findall(strip_accents(remove_bpe(text).lower()))
 
 
+def _is_annotation(item) -> bool:
+    """What the world writes per ambiguous word and its readers use (the
+    scorer, the probes): "en", "de", "de_np" strings and "alternatives"."""
+    return (
+        isinstance(item, dict)
+        and all(isinstance(item.get(key), str) for key in ("en", "de", "de_np"))
+        and isinstance(item.get("alternatives"), list)
+        and all(isinstance(alt, str) for alt in item["alternatives"])
+    )
+
+
 def read_annotations(path) -> List[List[Dict]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f]
+    """``ambiguity/{split}.jsonl``: per sentence, a JSON list of its
+    ambiguous words; raises CorpusError naming the file and line of one
+    that is not JSON or not such a list."""
+    annotations = []
+    for lineno, line in enumerate(read_lines(path), start=1):
+        try:
+            items = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CorpusError(f"{path}:{lineno}: not JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(items, list) or not all(_is_annotation(item) for item in items):
+            raise CorpusError(
+                f"{path}:{lineno}: not a list of ambiguous words (objects with strings en, de, de_np and "
+                f"a list of strings alternatives): {line[:80]!r}"
+            )
+        annotations.append(items)
+    return annotations
 
 
 def ambiguous_word_accuracy(
@@ -27,7 +54,7 @@ def ambiguous_word_accuracy(
     """``annotations[i]`` lists the ambiguous words of source i as dicts with
     the correct German noun ``de`` and the other senses' ``alternatives``."""
     if len(hypotheses) != len(annotations):
-        raise ValueError(
+        raise InputError(
             f"{len(hypotheses)} hypotheses but {len(annotations)} annotated sources"
         )
     total = correct = wrong_sense = 0

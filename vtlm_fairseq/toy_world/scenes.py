@@ -9,12 +9,17 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ..data.feature_store import RegionFeatures
+from ..errors import InputError
 from .grammar import TEMPLATES, Mention, capitalise
 from .lexicon import AMBIGUOUS, COLOURS, OBJECTS, PEOPLE, PERSON_PARTS, SETTINGS, Colour, Noun, class_ids
 
 MAX_OBJECTS = 3
 # salient regions at most: objects, their duplicate detections, person, parts
 MIN_REGIONS = 2 * MAX_OBJECTS + 1 + len(PERSON_PARTS)
+REGIONS_NEEDED = (
+    f" regions: an image can show {MAX_OBJECTS} objects, a second detection of each, a person and "
+    f"{len(PERSON_PARTS)} of their parts"
+)
 
 
 @dataclass
@@ -90,7 +95,7 @@ class RegionRenderer:
 
     def __init__(self, seed: int, num_regions: int, feature_dim: int, noise: float = 0.5):
         if num_regions < MIN_REGIONS:
-            raise ValueError(f"the toy world needs at least {MIN_REGIONS} regions per image")
+            raise InputError(f"{num_regions} regions per image: the minimum is {MIN_REGIONS}{REGIONS_NEEDED}")
         proto_rng = np.random.default_rng([seed, 0xFEA7])
         n_classes = len(class_ids())
         self.class_protos = proto_rng.standard_normal((n_classes, feature_dim)).astype(np.float32)

@@ -6,35 +6,41 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
 
 from ..data.feature_store import FeatureStoreWriter
+from ..errors import InputError
 from .lexicon import ALL_NOUNS, AMBIGUOUS, BACKGROUND_CLASSES, COLOURS, check_lexicon
-from .scenes import RegionRenderer, sample_caption, sample_scene
+from .scenes import MIN_REGIONS, REGIONS_NEEDED, RegionRenderer, sample_caption, sample_scene
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 
 
+def _option(default, help: str, minimum=None):
+    """A config field with its command-line help (and smallest value)."""
+    return field(default=default, metadata={"help": help, "minimum": minimum})
+
+
 @dataclass
 class ToyWorldConfig:
-    seed: int = 1
-    train_pairs: int = 20000
-    valid_pairs: int = 500
-    test_pairs: int = 500
+    seed: int = _option(1, "seed of everything (a non-negative integer): prototypes, scenes, captions, features", 0)
+    train_pairs: int = _option(20000, "training sentence pairs", 1)
+    valid_pairs: int = _option(500, "validation sentence pairs", 1)
+    test_pairs: int = _option(500, "test sentence pairs", 1)
     # captions describing each scene (as Multi30k/CC images have several)
-    captions_per_image: int = 10
-    eval_captions_per_image: int = 5
-    num_regions: int = 36
-    feature_dim: int = 1536
-    dtype: str = "float16"
-    ambiguous_rate: float = 0.5
-    feature_noise: float = 0.5
+    captions_per_image: int = _option(10, "captions per training scene (image)", 1)
+    eval_captions_per_image: int = _option(5, "captions per validation/test scene (image)", 1)
+    num_regions: int = _option(36, "regions per image (R)", MIN_REGIONS)
+    feature_dim: int = _option(1536, "region feature dimension (D)", 1)
+    dtype: str = _option("float16", "stored feature precision: float16 or float32")
+    ambiguous_rate: float = _option(0.5, "chance that an object is a sense of an ambiguous noun, in [0, 1]", 0.0)
+    feature_noise: float = _option(0.5, "std of the noise added to the class and colour prototypes, non-negative", 0.0)
 
     def pairs(self, split: str) -> int:
         return getattr(self, f"{split}_pairs")
@@ -43,6 +49,22 @@ class ToyWorldConfig:
         per = self.captions_per_image if split == "train" else self.eval_captions_per_image
         return math.ceil(self.pairs(split) / per)
 
+    def check(self) -> None:
+        """Raises InputError naming the option (as the command spells it) of
+        the first value the world cannot be built with."""
+        for f in fields(self):
+            value, minimum = getattr(self, f.name), f.metadata["minimum"]
+            option = "--" + f.name.replace("_", "-")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"{option} {value}: not a number")
+            if minimum is not None and value < minimum:
+                why = REGIONS_NEEDED if f.name == "num_regions" else ""
+                raise InputError(f"{option} {value}: the minimum is {minimum}{why}")
+        if self.ambiguous_rate > 1:
+            raise InputError(f"--ambiguous-rate {self.ambiguous_rate}: a probability, at most 1")
+        if self.dtype not in ("float16", "float32"):
+            raise InputError(f"--dtype {self.dtype}: float16 or float32")
+
 
 def _write(path: Path, lines):
     with open(path, "w", encoding="utf-8") as f:
@@ -50,9 +72,14 @@ def _write(path: Path, lines):
 
 
 def build_toy_world(out_dir, cfg: ToyWorldConfig = ToyWorldConfig()) -> Dict:
+    cfg.check()
     check_lexicon()
     start = time.time()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: not a folder (the toy world's output folder)")
+    if (out / "features.h5").exists():
+        raise InputError(f"{out / 'features.h5'}: a toy world is there already; remove it or choose another folder")
     for sub in ("raw", "image_splits", "ambiguity"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     renderer = RegionRenderer(cfg.seed, cfg.num_regions, cfg.feature_dim, cfg.feature_noise)
