@@ -6,6 +6,7 @@ registers its tasks, models and criteria with fairseq.
 
 import argparse
 import logging
+import sys
 
 import torch
 
@@ -16,6 +17,11 @@ from .cli.logging_setup import setup_logging  # noqa: E402
 # as fairseq's own commands do, and keep h5py's debug chatter out.
 setup_logging()
 logging.getLogger("h5py").setLevel(logging.INFO)
+# fairseq-train and fairseq-validate log to stdout; logs belong on stderr,
+# so that stdout carries only what a command prints for machines
+for _handler in logging.getLogger().handlers:
+    if isinstance(_handler, logging.StreamHandler) and getattr(_handler, "stream", None) is sys.stdout:
+        _handler.setStream(sys.stderr)
 
 __version__ = "0.1.0"
 

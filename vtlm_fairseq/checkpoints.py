@@ -11,6 +11,7 @@ pre-trained (V)TLM, the reference converter."""
 
 import argparse
 import io
+import pickle
 import pickletools
 import zipfile
 from pathlib import Path
@@ -118,6 +119,9 @@ def read_torch_file(path, allowed: Sequence[Tuple[object, str]], what: str) -> D
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch's own weights-only check, as a second guard
+            if not zipfile.is_zipfile(path) and not isinstance(e, pickle.UnpicklingError):
+                raise CheckpointError(f"{path}: not a {what} (neither torch's zip format nor a complete "
+                                      "legacy one; truncated, or another kind of file?)") from None  # fmt: skip
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UnsafeCheckpointError(f"{path}: weights-only loading failed: {first}") from None
 

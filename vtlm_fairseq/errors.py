@@ -24,9 +24,26 @@ def print_input_error(error: BaseException) -> None:
         handler.flush()
 
 
+# fairseq's own errors that are a user's mistake, reported as ours
+_FAIRSEQ_USER_ERRORS = ((OSError, "Model file not found:"),)
+
+
+def _is_user_error(exc_type, exc) -> bool:
+    if issubclass(exc_type, InputError):
+        return True
+    return any(issubclass(exc_type, kind) and str(exc).startswith(text) for kind, text in _FAIRSEQ_USER_ERRORS)
+
+
 def _input_error_hook(previous):
     def hook(exc_type, exc, tb):
-        if issubclass(exc_type, InputError):
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.stdout.flush()
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            sys.stderr.write(f"{stamp} | ERROR | vtlm_fairseq | interrupted (Ctrl-C); a rerun of the same "
+                             "command continues from the last checkpoint\n")  # fmt: skip
+            sys.stderr.flush()
+            os._exit(130)
+        if _is_user_error(exc_type, exc):
             # fairseq logs to stdout; the error goes to stderr all the same
             sys.stdout.flush()
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")

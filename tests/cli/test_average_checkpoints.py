@@ -64,10 +64,11 @@ def test_refusals_are_one_line(update_checkpoints, caplog):
         (["--inputs", save, "--num-update-checkpoints", 9, "--output", save / "x.pt"], "3 update checkpoints"),
         (["--inputs", save, "--num-epoch-checkpoints", 1, "--output", save / "x.pt"], "0 epoch checkpoints"),
         (["--inputs", save / "checkpoint_1_2.pt", save / "checkpoint_1_2.pt", "--output", save / "x.pt"],
-         "given twice"),
+         "checkpoint_1_2.pt: given twice"),
         (["--inputs", save / "checkpoint_1_2.pt", "--output", save / "checkpoint_1_2.pt"], "also an input"),
         (["--inputs", save / "checkpoint_1_2.pt", "--output", save / "checkpoint_1_4.pt"], "exists already"),
         (["--inputs", save / "nothing.pt", "--output", save / "x.pt"], "nothing.pt: no such fairseq checkpoint"),
+        (["--inputs", save / "checkpoint_1_2.pt", "--output", save, "--force"], "is a folder"),
     ]  # fmt: skip
     for argv, message in cases:
         caplog.clear()

@@ -200,3 +200,14 @@ def test_every_option_help_gives_its_default(name):
             optional = action.option_strings and not action.required  # required ones have no default
             if optional and "-h" not in action.option_strings:
                 assert action.help and "default" in action.help, f"{name} {action.option_strings}"
+
+
+def test_features_inspect_checks_what_it_summarises(tmp_path, caplog):
+    import h5py
+
+    make_store(tmp_path / "s.h5", dim=8)
+    with h5py.File(tmp_path / "s.h5", "a") as f:
+        f["classes"][0, 0] = 900
+    with pytest.raises(SystemExit) as e:
+        features.cli_main(["inspect", str(tmp_path / "s.h5")])
+    assert e.value.code == 2 and "class id 900 outside" in caplog.text

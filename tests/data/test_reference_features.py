@@ -166,3 +166,12 @@ def test_failed_import_leaves_no_store(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         import_reference_pickles(pk, tmp_path / "s.h5", num_regions=4)
     assert list(tmp_path.glob("s.h5*")) == []
+
+
+def test_nothing_importable_is_an_error_not_an_empty_store(tmp_path):
+    pk = tmp_path / "pickles"
+    pk.mkdir()
+    reference_pickle(pk / "a.jpg.pkl", random_regions(np.random.default_rng(0), 4, 8))
+    with pytest.raises(FeatureStoreError, match=r"no pickle could be imported \(1 broken\); the first: .*a.jpg.pkl"):
+        import_reference_pickles(pk, tmp_path / "s.h5", num_regions=4, feature_dim=99)
+    assert list(tmp_path.glob("s.h5*")) == []

@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from tests.conftest import REPO, finetune, run_fairseq, setup_fairseq
+from tests.conftest import REPO, TINY_DIMS, finetune, run_fairseq, setup_fairseq
 from vtlm_fairseq.data.feature_store import FeatureStore
 
 USER_DIR = ["--user-dir", REPO / "vtlm_fairseq"]
@@ -268,3 +268,61 @@ def test_resume_at_an_epoch_boundary_continues_the_same_run(toy_data, tmp_path):
     resumed = records(run_fairseq("fairseq-train", common + ["--max-epoch", "2", "--save-dir", tmp_path / "b"]))
     assert resumed and resumed[0]["num_updates"] == str(epoch_end + 1)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight[epoch_end:]]
+
+
+@pytest.mark.parametrize("case", ["vtlm-checkpoint", "missing-path", "tlm-task-generates"])
+def test_wrong_checkpoint_for_generate_is_one_line_exit_2(toy_data, vtlm_checkpoint, case, tmp_path):
+    """A (V)TLM given to fairseq-generate, a --path that does not exist
+    (fairseq's own error, reported as ours), a (V)TLM task asked to translate."""
+    import subprocess
+
+    from tests.conftest import fairseq_command
+
+    data, store, _ = toy_data
+    task, path, message = {
+        "vtlm-checkpoint": ("multimodal_translation", vtlm_checkpoint, "a (V)TLM of pre-training"),
+        "missing-path": ("multimodal_translation", tmp_path / "nosuch.pt", "Model file not found"),
+        "tlm-task-generates": ("visual_tlm", vtlm_checkpoint, "a (V)TLM does not translate"),
+    }[case]
+    proc = subprocess.run([fairseq_command("fairseq-generate"), str(data), *map(str, USER_DIR), "--task", task,
+                           "--region-features", str(store), "--path", str(path), "--gen-subset", "test", "--cpu"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "| ERROR |" in line]
+    assert len(errors) == 1 and message in errors[0]
+
+
+def test_wrong_criterion_and_pretrained_kind_are_input_errors(toy_data, mmt):
+    from vtlm_fairseq.errors import InputError
+
+    data, store, _ = toy_data
+    tiny = ["--arch", "vtlm_translation_tiny", *TINY_DIMS]
+    cfg, task = setup_fairseq([str(data), "--task", "multimodal_translation", *tiny, "--criterion", "vtlm_loss"])
+    with pytest.raises(InputError, match="vtlm_loss is the \\(V\\)TLM pre-training loss"):
+        task.build_criterion(cfg.criterion)
+    cfg, task = setup_fairseq([str(data), "--task", "multimodal_translation", "--region-features", str(store), *tiny,
+                               "--pretrained-checkpoint", str(mmt), "--save-dir", str(mmt.parent / "never")])  # fmt: skip
+    with pytest.raises(InputError, match="a fine-tuned translation model \\(it has a decoder\\)"):
+        task.build_model(cfg.model)
+    cfg, task = setup_fairseq([str(data), "--task", "visual_tlm", "--region-features", str(store), "--arch",
+                               "vtlm_tiny", *TINY_DIMS, "--criterion", "label_smoothed_cross_entropy"])  # fmt: skip
+    with pytest.raises(InputError, match="trains with --criterion vtlm_loss"):
+        task.build_criterion(cfg.criterion)
+
+
+def test_a_store_without_any_image_of_a_split_and_a_negative_seed(toy_data, tmp_path):
+    from tests.data.test_feature_store import make_store
+    from vtlm_fairseq.errors import InputError
+
+    data, store, _ = toy_data
+    make_store(tmp_path / "other.h5")  # images of another corpus
+    tiny = ["--arch", "vtlm_translation_tiny", *TINY_DIMS]
+    _, task = setup_fairseq([str(data), "--task", "multimodal_translation", "--region-features",
+                             str(tmp_path / "other.h5"), "--missing-images", "drop", *tiny])  # fmt: skip
+    with pytest.raises(InputError, match=r"test.order: none of the \d+ images of split 'test' is in"):
+        task.load_dataset("test")
+    _, task = setup_fairseq([str(data), "--task", "multimodal_translation", "--region-features", str(store),
+                             "--image-order", "shuffled", "--image-order-seed", "-5", *tiny])  # fmt: skip
+    with pytest.raises(InputError, match="--image-order-seed must be at least 0, not -5"):
+        task.load_dataset("test")

@@ -110,10 +110,15 @@ def run(args) -> int:
                                  args.checkpoint_upper_bound)  # fmt: skip
     else:
         paths = list(args.inputs)
-    if len(set(map(os.path.abspath, paths))) < len(paths):
-        raise CheckpointError("a checkpoint is given twice")
+    seen = set()
+    for path in paths:
+        if os.path.abspath(path) in seen:
+            raise CheckpointError(f"{path}: given twice")
+        seen.add(os.path.abspath(path))
     if os.path.abspath(args.output) in map(os.path.abspath, paths):
         raise CheckpointError(f"{args.output}: the output is also an input")
+    if os.path.isdir(args.output):
+        raise CheckpointError(f"{args.output}: is a folder; give the averaged checkpoint's file name")
     if os.path.exists(args.output) and not args.force:
         raise CheckpointError(f"{args.output}: exists already; use --force to replace it")
     logger.info("averaging %d checkpoints: %s", len(paths), ", ".join(paths))

@@ -90,7 +90,7 @@ def run(args):
             logger.info("%s", line)
         return 0 if not report.missing else 2
     if args.command == "inspect":
-        store = FeatureStore(args.store, validate="none")
+        store = FeatureStore(args.store, validate="quick")  # all but the features; `validate` scans those
         summary = store.summary()
         if args.image:  # one JSON document, so that `inspect ... | jq` works
             summary["regions"] = {name: _regions_json(store.read(name)) for name in args.image}

@@ -195,6 +195,10 @@ def import_reference_pickles(
         if writer is not None:
             writer.abort()
         raise
+    if writer is not None and report.imported == 0 and not append:
+        writer.abort()
+        first = f"; the first: {report.broken[0][0]}: {report.broken[0][1]}" if report.broken else ""
+        raise FeatureStoreError(f"{pickle_dir}: no pickle could be imported ({len(report.broken)} broken){first}")
     if writer is not None:
         writer.close()
     if writer is None:

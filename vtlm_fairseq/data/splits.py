@@ -57,5 +57,10 @@ def load_split_regions(
     regions = RegionFeatureDataset.from_order_file(store, order, missing=cfg.missing_images)
     if len(regions) != num_pairs:
         raise InputError(f"{order}: {len(regions)} lines for {num_pairs} sentence pairs")
+    if num_pairs and regions.kept_indices is not None and len(regions.kept_indices) == 0:
+        raise InputError(f"{order}: none of the {num_pairs} images of split '{split}' is in {store.path}: "
+                         "the wrong store for this data-bin?")  # fmt: skip
+    if cfg.image_order_seed < 0:
+        raise InputError(f"--image-order-seed must be at least 0, not {cfg.image_order_seed}")
     regions.reorder_images(cfg.image_order, cfg.image_order_seed)
     return regions, regions.kept_indices

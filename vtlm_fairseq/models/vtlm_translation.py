@@ -243,7 +243,15 @@ class VTLMTranslationModel(FairseqEncoderDecoderModel):
         Every target parameter not filled, and every source weight not used,
         is reported by name; shapes must match (else a CheckpointError naming
         the file and the data-bin)."""
-        state = read_fairseq_checkpoint(path)["model"]
+        checkpoint = read_fairseq_checkpoint(path)
+        state = checkpoint["model"]
+        if any(k.startswith("decoder.") for k in state):
+            # a fine-tuned NMT/MMT: its decoder would be thrown away unseen
+            raise InputError(
+                f"{path}: a fine-tuned translation model (it has a decoder), not a (V)TLM of pre-training; "
+                "give the TLM/VTLM checkpoint as --pretrained-checkpoint, or --restore-file/--finetune-from-model "
+                "to continue training this one"
+            )
         source = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         mapping = {}  # our parameter name -> pre-trained name
         for name in self.encoder.state_dict():

@@ -93,6 +93,13 @@ class MultimodalTranslationTask(TranslationTask):
         """fairseq-train (``from_checkpoint`` False) initialises a fresh
         model from --pretrained-checkpoint, unless the run resumes from a
         checkpoint of its own; loading a trained model never reads it."""
+        arch = safe_getattr(cfg, "_name", None) or safe_getattr(cfg, "arch", None)
+        if arch and not str(arch).startswith("vtlm_translation") and str(arch).startswith("vtlm"):
+            raise InputError(
+                f"the checkpoint holds a '{arch}' model, a (V)TLM of pre-training: --task "
+                "multimodal_translation translates with a fine-tuned NMT/MMT (vtlm_translation_*); "
+                "fine-tune it first (--pretrained-checkpoint), or probe it with vtlm-probe"
+            )
         model = super().build_model(cfg, from_checkpoint)
         pretrained = safe_getattr(cfg, "pretrained_checkpoint", None)
         if pretrained and not from_checkpoint:
@@ -105,6 +112,13 @@ class MultimodalTranslationTask(TranslationTask):
             else:
                 model.load_pretrained(pretrained, cross_attention=not cfg.no_cross_attention_init)
         return model
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        name = safe_getattr(cfg, "_name", None)
+        if name == "vtlm_loss":
+            raise InputError("--criterion vtlm_loss is the (V)TLM pre-training loss: translation trains with "
+                             "cross_entropy or label_smoothed_cross_entropy")  # fmt: skip
+        return super().build_criterion(cfg, from_checkpoint)
 
     def restored_checkpoint(self) -> Optional[str]:
         """The checkpoint fairseq-train will restore the model from, chosen

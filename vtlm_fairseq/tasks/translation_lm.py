@@ -69,6 +69,25 @@ class TranslationLMTaskBase(FairseqTask):
     def max_positions(self):
         return self.cfg.max_positions
 
+    def build_model(self, cfg, from_checkpoint=False):
+        arch = getattr(cfg, "_name", None) or getattr(cfg, "arch", None)
+        if arch and str(arch).startswith("vtlm_translation"):
+            raise InputError(
+                f"the checkpoint holds a '{arch}' translation model: --task tlm/visual_tlm are for (V)TLM "
+                "pre-training; translate with --task multimodal_translation"
+            )
+        return super().build_model(cfg, from_checkpoint)
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        name = getattr(cfg, "_name", None)
+        if name != "vtlm_loss":
+            raise InputError(f"--criterion {name}: (V)TLM pre-training trains with --criterion vtlm_loss")
+        return super().build_criterion(cfg, from_checkpoint)
+
+    def build_generator(self, models, args, **kwargs):
+        raise InputError("a (V)TLM does not translate: fine-tune it with --task multimodal_translation "
+                         "(--pretrained-checkpoint), or probe it with vtlm-probe")  # fmt: skip
+
     region_feature_dim = None  # no regions: the model builds no region layers
 
     def masking_settings(self, training: bool) -> MaskingSettings:
