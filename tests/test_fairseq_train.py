@@ -152,16 +152,22 @@ def fault_run(args, fault="none"):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
 
 
+def saved_updates(save_dir):
+    path = save_dir / "checkpoint_last.pt"
+    return torch.load(path)["optimizer_history"][-1]["num_updates"] if path.exists() else 0
+
+
 def test_sigkill_at_random_moments_and_during_checkpoint_writes(toy_data, tmp_path):
-    """One run of 60 updates (a checkpoint every 3) is SIGKILLed 12 times:
+    """One run of 90 updates (a checkpoint every 3) is SIGKILLed 12 times:
     at seeded random moments of training, and while a checkpoint is written
     (half way through the write, after the rename, half way through the copy
     to checkpoint_last.pt). Each rerun resumes; every update's loss, whichever
     run logged it, equals the uninterrupted run's, and so do the weights."""
     import random
 
-    common = train_args(toy_data) + ["--batch-size", "16", "--max-update", "60", "--save-interval-updates", "3",
-                                     "--disable-validation", "--num-workers", "0"]  # fmt: skip
+    max_update = 90
+    common = train_args(toy_data) + ["--batch-size", "16", "--max-update", max_update,
+                                     "--save-interval-updates", "3", "--disable-validation", "--num-workers", "0"]  # fmt: skip
     straight = {r["num_updates"]: r for r in records(run(common + ["--save-dir", tmp_path / "a"]))}
     rng = random.Random(2021)
     save_dir = tmp_path / "b"
@@ -186,10 +192,11 @@ def test_sigkill_at_random_moments_and_during_checkpoint_writes(toy_data, tmp_pa
         kills += proc.returncode == -signal.SIGKILL
         assert proc.returncode in (0, -signal.SIGKILL), "".join(lines[-30:])
         logged += [dict(r, run=k, fault=fault) for r in records("".join(lines))]
-        if proc.returncode == 0:
+        if proc.returncode == 0 or saved_updates(save_dir) == max_update:
+            # done; (fairseq-train rerun on a finished run would make one update more)
             break
     assert kills >= 10, f"only {kills} runs were killed"
-    if proc.returncode != 0:  # the last run was killed: one more to finish
+    if saved_updates(save_dir) != max_update:  # the last run was killed before the end: one more
         logged += [dict(r, run="final") for r in records(run(common + ["--save-dir", save_dir]))]
     assert {r["num_updates"] for r in logged} == set(straight)
     for record in logged:  # every logged update, the redone ones too
