@@ -2,18 +2,12 @@
 that a bad input is one line naming the file, not a traceback after minutes
 of decoding: toy-world annotations and output paths."""
 
-import json
 import os
 from pathlib import Path
 from typing import List, Sequence
 
-from ..data.corpus import read_lines
 from ..data.splits import split_data_path
 from ..errors import InputError
-
-# the fields of an ambiguous word the probes and the scorer read
-ANNOTATION_KEYS = ("en", "de", "de_np", "alternatives")
-
 
 class Annotations(list):
     """A toy world's ambiguity annotations (line i: the ambiguous words of
@@ -25,18 +19,11 @@ class Annotations(list):
 
 
 def read_annotation_file(path) -> Annotations:
-    """``WORLD/ambiguity/{split}.jsonl``, each line checked."""
-    items = []
-    for lineno, line in enumerate(read_lines(path), start=1):
-        try:
-            item = json.loads(line)
-        except ValueError as e:
-            raise InputError(f"{path}:{lineno}: not JSON ({e})") from None
-        if not isinstance(item, list) or not all(isinstance(w, dict) and set(ANNOTATION_KEYS) <= set(w) for w in item):
-            raise InputError(f"{path}:{lineno}: expected a JSON list of ambiguous words, each with "
-                             f"{', '.join(ANNOTATION_KEYS)}")  # fmt: skip
-        items.append(item)
-    return Annotations(items, path)
+    """``WORLD/ambiguity/{split}.jsonl``, each line checked (by the toy
+    world's own reader), kept with its path for the messages."""
+    from ..toy_world import read_annotations
+
+    return Annotations(read_annotations(path), path)
 
 
 def annotations_path(annotations) -> str:
