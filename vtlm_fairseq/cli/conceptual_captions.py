@@ -27,11 +27,11 @@ from ..data.image_download import (
     DownloadJob,
     download_images,
     index_image_names,
-    make_output_dir,
     scan_image_dir,
 )
 from ..data.preparation import PrepareConfig, prepare
 from ..errors import InputError
+from ..output_paths import make_output_dir
 from .command import run_command
 
 logger = logging.getLogger("vtlm_fairseq.cc")

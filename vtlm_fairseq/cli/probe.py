@@ -137,7 +137,7 @@ def _distinct(option: str, values):
 
 
 def run(args) -> int:
-    from ..probing.inputs import check_output_file
+    from ..output_paths import check_output_file
 
     for option in ("seeds", "index"):
         _distinct(f"--{option}", getattr(args, option, []))

@@ -6,7 +6,7 @@ import json
 
 from ..data.corpus import CorpusError, read_lines
 from ..data.tokenization import moses_languages
-from ..probing.inputs import check_output_file
+from ..output_paths import check_output_file
 from ..scoring import check_counts, read_hypotheses, score
 from .command import run_command
 

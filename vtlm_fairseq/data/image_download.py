@@ -37,6 +37,7 @@ from urllib.parse import urljoin, urlsplit
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..output_paths import make_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +96,6 @@ def _list_dir(directory) -> List[os.DirEntry]:
             return list(entries)
     except OSError as e:
         raise InputError(f"{directory}: cannot be read as a folder ({e.strerror or e})") from None
-
-
-def make_output_dir(path) -> Path:
-    """Creates a folder (and its parents) for output; InputError when it
-    cannot be one (a file of that name, a file on the way, no permission)."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(f"{path}: is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{path}: cannot be created as a folder ({e.strerror or e})") from None
-    return path
 
 
 def scan_image_dir(directory) -> Dict[str, str]:

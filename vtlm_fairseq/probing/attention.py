@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from .inputs import check_output_file
+from ..output_paths import check_output_file
 from .translation import build_generator
 
 

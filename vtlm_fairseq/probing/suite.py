@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..errors import InputError
 from ..hub import load_checkpoint
-from .inputs import output_folder
+from ..output_paths import output_folder
 from .masked_words import last_word_probe, probe_ambiguous_words
 from .translation import EntityWords, entity_masking_probe, incongruent_decoding, raw_references
 
