@@ -88,12 +88,7 @@ def load_checkpoint(path, overrides: Optional[Dict] = None, kinds: Sequence[str]
     store = task_cfg.get("region_features")
     if kind in ("VTLM", "MMT") and store and "region_features" not in overrides and not os.path.isfile(store):
         raise InputError(f"{store}: no such feature store (the one {path} was trained with; give the feature store)")
-    try:
-        models, _, task = load_trained_model(path, overrides, state=state)
-    except InputError as e:  # the model's own checks do not know the file
-        if str(path) in str(e):
-            raise
-        raise InputError(f"{path}: {e}") from None
+    models, _, task = load_trained_model(path, overrides, state=state)  # names the file in its errors
     return LoadedModel(models[0].eval(), task, kind)
 
 
