@@ -3,15 +3,15 @@
 # multimodal_translation task (no images) vs fairseq's built-in translation
 # task, same architecture (vtlm_translation_tiny), data, updates and seed; and
 # NMT fine-tuned from a TLM pre-trained on the same text for as many updates.
-# test_2016_flickr is decoded with beam 5 and scored with vtlm-score.
+# All four test sets are decoded with beam 5 and scored with vtlm-score.
 #
-#   benchmarks/multi30k_nmt.sh [WORK] [UPDATES] [SEED]   (defaults: work_dirs/multi30k 1500 1)
+#   benchmarks/multi30k_nmt.sh [WORK] [UPDATES] [SEED]   (defaults: work_dirs/multi30k 4000 1)
 # Several seeds: one WORK folder per seed (the data-bin is prepared in each);
 # SKIP_TLM=1 runs the two from-scratch systems only.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-work_dirs/multi30k}"
-UPDATES="${2:-1500}"
+UPDATES="${2:-4000}"
 SEED="${3:-1}"
 SHARED="${VTLM_SHARED:-$ROOT/../shared}"
 DATA="$WORK/data-bin"
@@ -26,17 +26,23 @@ COMMON=(--arch vtlm_translation_tiny --criterion label_smoothed_cross_entropy --
 
 train() {  # name, args...
     local name="$1"; shift
-    [ -f "$WORK/$name/checkpoint_last.pt" ] && return
+    [ -f "$WORK/$name/finished" ] && return  # a killed run resumes from its checkpoint_last.pt
     local start=$SECONDS
-    fairseq-train "$DATA" "$@" --save-dir "$WORK/$name" 2>&1 | tee "$WORK/$name.log" | grep -E "\| train \|"
+    fairseq-train "$DATA" "$@" --save-dir "$WORK/$name" 2>&1 | tee -a "$WORK/$name.log" | grep -E "\| train \|"
     echo "$name: $((SECONDS - start)) s" | tee -a "$WORK/results/times.txt"
+    touch "$WORK/$name/finished"
 }
+TEST_SETS=(test_2016_flickr test_2017_flickr test_2017_mscoco test_2018_flickr)
 translate() {  # name, task args...
     local name="$1"; shift
-    fairseq-generate "$DATA" "$@" --path "$WORK/$name/checkpoint_last.pt" --gen-subset test_2016_flickr \
-        --beam 5 --max-len-a 1.5 --max-len-b 10 --batch-size 128 --cpu > "$WORK/results/$name.gen.txt"
-    vtlm-score --hyp "$WORK/results/$name.gen.txt" --ref "$SHARED/data/multi30k/raw/test_2016_flickr.de.gz" \
-        --json "$WORK/results/$name.score.json" > /dev/null
+    for split in "${TEST_SETS[@]}"; do
+        local out="$WORK/results/$name.$split"
+        [ -s "$out.gen.txt" ] || fairseq-generate "$DATA" "$@" --path "$WORK/$name/checkpoint_last.pt" \
+            --gen-subset "$split" --beam 5 --max-len-a 1.5 --max-len-b 10 --batch-size 128 --cpu \
+            > "$out.gen.txt.tmp" && mv "$out.gen.txt.tmp" "$out.gen.txt"
+        vtlm-score --hyp "$out.gen.txt" --ref "$SHARED/data/multi30k/raw/$split.de.gz" \
+            --json "$out.score.json" > /dev/null
+    done
 }
 
 train fairseq_translation --user-dir "$ROOT/vtlm_fairseq" --task translation -s en -t de "${COMMON[@]}"
