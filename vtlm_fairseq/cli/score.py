@@ -1,11 +1,12 @@
-"""vtlm-score: BLEU (standard and the reference code's), chrF, and the toy
-world's ambiguous-word accuracy of a translation."""
+"""vtlm-score: BLEU (standard and the reference code's), chrF, METEOR, and
+the toy world's ambiguous-word accuracy of a translation."""
 
 import argparse
 import json
 
 from ..data.corpus import CorpusError, read_lines
 from ..data.tokenization import moses_languages
+from ..meteor import Meteor
 from ..output_paths import check_output_file
 from ..scoring import check_counts, read_hypotheses, score
 from .command import run_command
@@ -17,7 +18,8 @@ def get_parser():
         description=(
             "Score translations: bleu_detok (sacreBLEU, detokenised, with its signature), "
             "bleu_tok_lc (the reference code's BLEU on tokenised, lowercased, accent-stripped "
-            "text), chrF, and ambiguous-word accuracy on the toy world. The scores are printed "
+            "text), chrF, METEOR 1.5 (as WMT's multimodal task runs it, with its signature), and "
+            "ambiguous-word accuracy on the toy world. The scores are printed "
             "as JSON on stdout."
         ),
     )
@@ -33,6 +35,8 @@ def get_parser():
                       help="case-sensitive detokenised BLEU/chrF (default: unless the hypotheses are all lowercase)")
     p.add_argument("--annotations",
                    help="toy world ambiguity/{split}.jsonl: adds ambiguous-word accuracy (default: none)")
+    p.add_argument("--no-meteor", dest="meteor", action="store_false",
+                   help="skip METEOR (default: run the METEOR 1.5 jar, one JVM for the corpus)")
     p.add_argument("--json", help="also write the scores to this file (default: stdout only)")
     return p  # fmt: skip
 
@@ -42,6 +46,7 @@ def run(args) -> int:
         raise CorpusError(f"--lang {args.lang!r}: not a language with Moses rules ({' '.join(moses_languages())})")
     if args.json:
         check_output_file(args.json, "--json")
+    meteor = Meteor(args.lang) if args.meteor else None  # a missing runtime fails before any scoring
     hyps = read_hypotheses(args.hyp)
     refs = read_lines(args.ref)
     check_counts(args.hyp, hyps, args.ref, refs, "references")
@@ -51,7 +56,7 @@ def run(args) -> int:
 
         annotations = read_annotations(args.annotations)
         check_counts(args.hyp, hyps, args.annotations, annotations, "annotated sentences")
-    result = score(hyps, refs, args.lang, args.lowercase, annotations)
+    result = score(hyps, refs, args.lang, args.lowercase, annotations, meteor)
     print(json.dumps(result, indent=2))
     if args.json:
         with open(args.json, "w") as f:
