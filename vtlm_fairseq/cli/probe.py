@@ -9,7 +9,8 @@ from ..errors import InputError
 from .command import run_command
 
 # the checkpoints each single probe takes
-KINDS = {"last-word": ("TLM", "VTLM"), "ambiguous": ("TLM", "VTLM"), "regions": ("VTLM",), "attention": ("MMT",)}
+KINDS = {"last-word": ("TLM", "VTLM"), "ambiguous": ("TLM", "VTLM"), "regions": ("VTLM",), "attention": ("MMT",),
+         "contrastive": ("NMT", "MMT")}
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -123,6 +124,14 @@ def get_parser():
                                          "(default: none, regions on a blank canvas with class names)")  # fmt: skip
     att.add_argument("--out", required=True, help="picture file, e.g. attention.png (with several --index: "
                                                   "NAME_INDEX.png) (required)")  # fmt: skip
+    con = sub.add_parser("contrastive", parents=[data, seeds],
+                         help="contrastive evaluation (CoMMuTE): is the correct translation the likelier one, "
+                         "with the correct and with shuffled images? (rows on stdout; --json adds every example)")
+    con.add_argument("checkpoint", help="checkpoint of an NMT or MMT")
+    con.add_argument("set", help="folder in CoMMuTE's layout: src.en, correct.de, incorrect.de, img.order (line i "
+                     "of each = example i), e.g. WORLD/contrastive/test (img.order optional for an NMT)")
+    con.add_argument("--batch-size", type=_at_least(1), default=64,
+                     help="examples per batch (default: %(default)s)")  # fmt: skip
     return p
 
 
@@ -144,8 +153,8 @@ def run(args) -> int:
     if args.json:
         check_output_file(args.json, "--json")
     rows = _probe(args)
-    for row in rows:
-        print(json.dumps(row))
+    for row in rows:  # the per-example scores go to --json only
+        print(json.dumps({k: v for k, v in row.items() if k != "per_example"}))
     if args.json:
         try:
             Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
@@ -174,6 +183,10 @@ def _probe(args):
         )  # fmt: skip
     # the inputs that are cheap to check, before the model is loaded
     annotations = read_annotation_file(args.annotations) if args.command == "ambiguous" else None
+    if args.command == "contrastive":
+        from ..probing.contrastive import read_contrastive_set
+
+        contrastive_set = read_contrastive_set(args.set)
     if args.command == "attention":
         from ..probing.attention import picture_paths
 
@@ -189,6 +202,12 @@ def _probe(args):
     if args.command == "ambiguous":
         return masked_words.probe_ambiguous_words(model, task, args.split, annotations, image_orders=orders,
                                                   seeds=tuple(args.seeds))  # fmt: skip
+    if args.command == "contrastive":
+        from ..data.splits import split_data_path
+        from ..probing.contrastive import contrastive_evaluation
+
+        return contrastive_evaluation(model, task, kind, contrastive_set, split_data_path(task.cfg.data, epoch=1),
+                                      args.checkpoint, seeds=tuple(args.seeds), batch_size=args.batch_size)
     if args.command == "regions":
         from ..probing.regions import region_classification
 

@@ -3,7 +3,7 @@ of the scene would give: one region per object (sometimes a second, weaker
 detection of it), the person and their face, then background clutter, with
 features made of fixed class and colour prototypes plus noise."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -43,6 +43,10 @@ class Caption:
     # ambiguous words of this caption: (English noun, the sense the image
     # shows, its German noun phrase as the sentence has it)
     ambiguous: List[Tuple[str, Noun, str]]
+    # what the caption was rendered from, to render it again with another
+    # sense (the contrastive set)
+    person: Optional[Noun] = None
+    mentions: List[Mention] = field(default_factory=list)
 
 
 def sample_scene(rng: np.random.Generator, ambiguous_rate: float) -> Scene:
@@ -85,17 +89,15 @@ def sample_caption(
         mentions.append(Mention(obj.noun, colour))
     en, de, de_nps = template.render(scene.person, mentions)
     ambiguous = [(m.noun.en, m.noun, np_) for m, np_ in zip(mentions, de_nps) if m.noun.en in AMBIGUOUS]
-    return Caption(capitalise(en), capitalise(de), template.name, ambiguous)
+    return Caption(capitalise(en), capitalise(de), template.name, ambiguous, scene.person, mentions)
 
 
-class RegionRenderer:
-    """Turns scenes into detector output. Class and colour prototypes and
-    each class's typical box size are fixed by the world seed, so a class
-    looks alike in every split."""
+class RegionPrototypes:
+    """Detector output made of fixed class (and colour) prototypes plus
+    noise. The prototypes and each class's typical box size are fixed by the
+    seed, so a class looks alike in every split and every image."""
 
-    def __init__(self, seed: int, num_regions: int, feature_dim: int, noise: float = 0.5):
-        if num_regions < MIN_REGIONS:
-            raise InputError(f"{num_regions} regions per image: the minimum is {MIN_REGIONS}{REGIONS_NEEDED}")
+    def __init__(self, seed: int, feature_dim: int, noise: float = 0.5):
         proto_rng = np.random.default_rng([seed, 0xFEA7])
         n_classes = len(class_ids())
         self.class_protos = proto_rng.standard_normal((n_classes, feature_dim)).astype(np.float32)
@@ -103,9 +105,45 @@ class RegionRenderer:
             (len(COLOURS), feature_dim)
         ).astype(np.float32)
         self.class_sizes = proto_rng.uniform(0.08, 0.5, n_classes).astype(np.float32)
-        self.num_regions = num_regions
         self.feature_dim = feature_dim
         self.noise = noise
+
+    def regions(self, rng: np.random.Generator, specs) -> RegionFeatures:
+        """specs: (class id, colour index or None, (lowest, highest score)) per
+        detection; the regions come out best score first, as a detector's."""
+        n = len(specs)
+        classes = np.array([s[0] for s in specs], dtype=np.int64)
+        lo, hi = np.array([s[2] for s in specs], dtype=np.float32).reshape(n, 2).T
+        scores = lo + (hi - lo) * rng.random(n, dtype=np.float32)
+        size = self.class_sizes[classes][:, None] * rng.uniform(0.7, 1.3, (n, 2)).astype(np.float32)
+        top_left = (1.0 - size) * rng.random((n, 2), dtype=np.float32)
+        boxes = np.concatenate([top_left, top_left + size], axis=1)  # ymin, xmin, ymax, xmax
+        features = self.class_protos[classes]
+        coloured = [i for i, s in enumerate(specs) if s[1] is not None]
+        if coloured:
+            features = features.copy()
+            features[coloured] += self.colour_protos[np.array([specs[i][1] for i in coloured], dtype=np.int64)]
+        features = features + self.noise * rng.standard_normal(features.shape, dtype=np.float32)
+        np.maximum(features, 0.0, out=features)  # pooled CNN activations are >= 0
+        order = np.argsort(-scores, kind="stable")
+        return RegionFeatures(
+            features=features[order],
+            boxes=np.clip(boxes[order], 0.0, 1.0),
+            classes=classes[order],
+            scores=scores[order],
+        )
+
+
+class RegionRenderer(RegionPrototypes):
+    """Turns toy-world scenes into detector output: one region per object
+    (sometimes a second, weaker detection of it), the person and their
+    parts, then background clutter of the scene's setting."""
+
+    def __init__(self, seed: int, num_regions: int, feature_dim: int, noise: float = 0.5):
+        if num_regions < MIN_REGIONS:
+            raise InputError(f"{num_regions} regions per image: the minimum is {MIN_REGIONS}{REGIONS_NEEDED}")
+        super().__init__(seed, feature_dim, noise)
+        self.num_regions = num_regions
         ids = class_ids()
         self._settings = {name: [ids[c] for c in classes] for name, classes in SETTINGS.items()}
         self._parts = [ids[c] for c in PERSON_PARTS]
@@ -116,8 +154,7 @@ class RegionRenderer:
         return classes[rng.choice(len(classes), p=weights / weights.sum())]
 
     def render(self, rng: np.random.Generator, scene: Scene) -> RegionFeatures:
-        # (class id, colour index, score range)
-        specs = []
+        specs = []  # (class id, colour index, score range)
         for obj in scene.objects:
             colour = COLOURS.index(obj.colour)
             specs.append((obj.noun.class_id, colour, (0.75, 1.0)))
@@ -129,22 +166,4 @@ class RegionRenderer:
                 specs.append((part, rng.integers(len(COLOURS)), (0.3, 0.9)))
         while len(specs) < self.num_regions:
             specs.append((self._clutter(rng, scene.setting), rng.integers(len(COLOURS)), (0.05, 0.6)))
-
-        n = len(specs)
-        classes = np.array([s[0] for s in specs], dtype=np.int64)
-        colours = np.array([s[1] for s in specs], dtype=np.int64)
-        lo, hi = np.array([s[2] for s in specs], dtype=np.float32).T
-        scores = lo + (hi - lo) * rng.random(n, dtype=np.float32)
-        size = self.class_sizes[classes][:, None] * rng.uniform(0.7, 1.3, (n, 2)).astype(np.float32)
-        top_left = (1.0 - size) * rng.random((n, 2), dtype=np.float32)
-        boxes = np.concatenate([top_left, top_left + size], axis=1)  # ymin, xmin, ymax, xmax
-        features = self.class_protos[classes] + self.colour_protos[colours]
-        features += self.noise * rng.standard_normal(features.shape, dtype=np.float32)
-        np.maximum(features, 0.0, out=features)  # pooled CNN activations are >= 0
-        order = np.argsort(-scores, kind="stable")  # detector output: best first
-        return RegionFeatures(
-            features=features[order],
-            boxes=np.clip(boxes[order], 0.0, 1.0),
-            classes=classes[order],
-            scores=scores[order],
-        )
+        return self.regions(rng, specs)

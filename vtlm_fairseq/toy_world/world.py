@@ -1,6 +1,6 @@
 """Builds the toy world on disk in the formats of real data: raw parallel
-text, image lists, a region-feature store, plus the ambiguity annotations and
-the lexicon that scorers and probes read."""
+text, image lists, a region-feature store, plus the ambiguity annotations, the
+contrastive sets and the lexicon that scorers and probes read."""
 
 import json
 import logging
@@ -14,6 +14,7 @@ import numpy as np
 
 from ..data.feature_store import FeatureStoreWriter
 from ..errors import InputError
+from .contrastive import write_contrastive_set
 from .lexicon import ALL_NOUNS, AMBIGUOUS, BACKGROUND_CLASSES, COLOURS, check_lexicon
 from .scenes import MIN_REGIONS, REGIONS_NEEDED, RegionRenderer, sample_caption, sample_scene
 
@@ -133,6 +134,7 @@ def build_toy_world(out_dir, cfg: ToyWorldConfig = ToyWorldConfig()) -> Dict:
                 "images": cfg.images(split),
                 "ambiguous_sentences": n_amb,
                 "ambiguous_rate": n_amb / max(len(rows), 1),
+                "contrastive_examples": write_contrastive_set(out / "contrastive" / split, rows),
             }
             logger.info(
                 "toy world %s: %d pairs, %d images, %.1f%% with an ambiguous word",
