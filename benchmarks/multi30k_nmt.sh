@@ -37,9 +37,11 @@ translate() {  # name, task args...
     local name="$1"; shift
     for split in "${TEST_SETS[@]}"; do
         local out="$WORK/results/$name.$split"
-        [ -s "$out.gen.txt" ] || fairseq-generate "$DATA" "$@" --path "$WORK/$name/checkpoint_last.pt" \
-            --gen-subset "$split" --beam 5 --max-len-a 1.5 --max-len-b 10 --batch-size 128 --cpu \
-            > "$out.gen.txt.tmp" && mv "$out.gen.txt.tmp" "$out.gen.txt"
+        if [ ! -s "$out.gen.txt" ]; then  # written whole or not at all
+            fairseq-generate "$DATA" "$@" --path "$WORK/$name/checkpoint_last.pt" --gen-subset "$split" \
+                --beam 5 --max-len-a 1.5 --max-len-b 10 --batch-size 128 --cpu > "$out.gen.txt.tmp"
+            mv "$out.gen.txt.tmp" "$out.gen.txt"
+        fi
         vtlm-score --hyp "$out.gen.txt" --ref "$SHARED/data/multi30k/raw/$split.de.gz" \
             --json "$out.score.json" > /dev/null
     done

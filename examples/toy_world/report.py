@@ -13,8 +13,9 @@ def load(name):
 
 
 print("## Translation (test, beam 8)\n")
-print("| system | images | BLEU (detok) | BLEU (tok, lc) | chrF | ambiguous-word acc. |")
-print("|---|---|---|---|---|---|")
+print("| system | images | BLEU (detok) | BLEU (tok, lc) | chrF | METEOR | ambiguous-word acc. |")
+print("|---|---|---|---|---|---|---|")
+signatures = {}
 for name, system, images in [
     ("mmt", "MMT from VTLM", "correct"),
     ("mmt_shuffled", "MMT from VTLM", "shuffled"),
@@ -22,8 +23,29 @@ for name, system, images in [
 ]:
     s = load(f"{name}.score.json")
     if s:
+        meteor = f"{s['meteor']:.2f}" if "meteor" in s else ""
         print(f"| {system} | {images} | {s['bleu_detok']:.2f} | {s['bleu_tok_lc']:.2f} | {s['chrf']:.2f} "
-              f"| {s['ambiguous_word_accuracy']:.1f} |")
+              f"| {meteor} | {s['ambiguous_word_accuracy']:.1f} |")
+        signatures = {k: v for k, v in s.items() if k.endswith("signature")}
+for key, signature in signatures.items():
+    print(f"\n{key}: `{signature}`")
+
+contrastive = (load("contrastive_nmt.json") or []) + (load("contrastive_mmt.json") or [])
+if contrastive:
+    print("\n## Contrastive evaluation (the toy world's test set: correct vs other sense)\n")
+    print("| system | images | accuracy (per-token perplexity) | accuracy (summed log-prob) | examples |")
+    print("|---|---|---|---|---|")
+    for images in ("none", "aligned", "shuffled"):
+        rows = [r for r in contrastive if r["images"] == images]
+        if not rows:
+            continue
+        system = "NMT from VTLM" if images == "none" else "MMT from VTLM"
+        cells = []
+        for key in ("accuracy", "accuracy_sum"):
+            vals = [100 * r[key] for r in rows]
+            spread = f" (±{(max(vals) - min(vals)) / 2:.1f}, {len(vals)} seeds)" if len(vals) > 1 else ""
+            cells.append(f"{sum(vals) / len(vals):.1f}%{spread}")
+        print(f"| {system} | {images} | {cells[0]} | {cells[1]} | {rows[0]['examples']} |")
 
 regions = load("probe_regions.json")
 if regions:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The toy-world pipeline, end to end on CPU: build the world, prepare it,
 # pre-train VTLM, probe it, fine-tune MMT (with images) and NMT (without) from
-# it, translate the test set (MMT also with shuffled images), score, and
-# print a results table. Each stage reuses its output when it exists.
+# it, translate the test set (MMT also with shuffled images), score, run the
+# contrastive evaluation, and print a results table. Each stage reuses its
+# output when it exists.
 #
 #   WORK=work_dirs/toy PRETRAIN_UPDATES=1200 FINETUNE_UPDATES=1000 examples/toy_world/run.sh
 set -euo pipefail
@@ -60,5 +61,15 @@ translate() {  # name, checkpoint, extra args
 translate mmt "$WORK/mmt/checkpoint_best.pt" --region-features "$FEATURES"
 translate mmt_shuffled "$WORK/mmt/checkpoint_best.pt" --region-features "$FEATURES" --image-order shuffled
 translate nmt "$WORK/nmt/checkpoint_best.pt"
+
+# contrastive evaluation on the world's own set: is the correct sense the likelier translation?
+if [ -d "$WORLD/contrastive/test" ]; then
+    vtlm-probe contrastive "$WORK/nmt/checkpoint_best.pt" "$WORLD/contrastive/test" --data "$DATA" \
+        --json "$WORK/results/contrastive_nmt.json" > /dev/null
+    vtlm-probe contrastive "$WORK/mmt/checkpoint_best.pt" "$WORLD/contrastive/test" --data "$DATA" \
+        --region-features "$FEATURES" --seeds 1 2 3 --json "$WORK/results/contrastive_mmt.json" > /dev/null
+else
+    echo "$WORLD was built before the toy world wrote contrastive sets: rebuild it for the contrastive rows"
+fi
 
 python "$HERE/report.py" "$WORK/results" | tee "$WORK/results/results.md"
