@@ -9,6 +9,9 @@ import pytest
 
 from tests.data.store_helpers import random_regions
 from vtlm_fairseq.data.feature_store import (
+    _VALIDATION_ATTRS,
+    VALIDATED_CHECKS,
+    VALIDATION_VERSION,
     FeatureStore,
     FeatureStoreError,
     FeatureStoreWriter,
@@ -164,8 +167,12 @@ def test_writer_rejects_bad_shapes(tmp_path):
 
 
 def corrupt(path, fn):
+    """Changes a store and removes its validation record: a store written by
+    other code, which opens check."""
     with h5py.File(path, "a") as f:
         fn(f)
+        for key in _VALIDATION_ATTRS:
+            f.attrs.pop(key, None)
 
 
 @pytest.mark.parametrize(
@@ -288,3 +295,114 @@ def test_wrong_paths_are_named(tmp_path):
     make_store(tmp_path / "a.h5")
     with pytest.raises(FeatureStoreError, match="is a folder; give the merged store's file name"):
         merge_stores([tmp_path / "a.h5"], tmp_path)
+
+
+class _CountReads:
+    """Counts the HDF5 dataset reads (h5py.Dataset.__getitem__) made inside."""
+
+    def __init__(self, monkeypatch):
+        self.reads = []
+        real = h5py.Dataset.__getitem__
+
+        def counted(dataset, key):
+            self.reads.append(dataset.name)
+            return real(dataset, key)
+
+        monkeypatch.setattr(h5py.Dataset, "__getitem__", counted)
+
+
+def test_writer_records_validation_and_open_reads_no_dataset(tmp_path, monkeypatch):
+    path = tmp_path / "s.h5"
+    written = make_store(path, counts=(6, 3, 0, 6) * 50)
+    with h5py.File(path) as f:
+        assert f.attrs["validated_checks"] == VALIDATED_CHECKS and f.attrs["validated_count"] == len(written)
+    reads = _CountReads(monkeypatch).reads
+    store = FeatureStore(path)
+    assert store.validated and reads == []  # attributes and shapes only
+    rows, _ = store.rows_for(list(written)[::-1])
+    assert rows.tolist() == list(range(len(written)))[::-1]
+    assert "/names" not in reads  # the lookup reads the stored name index, not the names
+
+
+def test_unvalidated_store_is_checked_on_open_and_validate_records_it(tmp_path, monkeypatch):
+    path = tmp_path / "s.h5"
+    make_store(path)
+    corrupt(path, lambda f: None)  # the record removed: as written by other code
+    reads = _CountReads(monkeypatch).reads
+    store = FeatureStore(path)
+    assert not store.validated and "/boxes" in reads and "/features" in reads  # checked as before
+    store.validate(record=True)
+    assert store.validated
+    reads.clear()
+    again = FeatureStore(path)
+    assert again.validated and reads == []
+    assert again.rows_for(["img3.jpg", "img0.jpg"])[0].tolist() == [3, 0]
+
+
+def test_a_record_of_older_checks_is_not_trusted(tmp_path):
+    path = tmp_path / "s.h5"
+    make_store(path)
+    with h5py.File(path, "a") as f:
+        f["classes"][1, 0] = 700
+        f.attrs["validated_version"] = VALIDATION_VERSION - 1
+    with pytest.raises(FeatureStoreError, match=r"image 'img1\.jpg': class id 700"):
+        FeatureStore(path)
+
+
+def test_full_validation_rescans_a_validated_store(tmp_path):
+    path = tmp_path / "s.h5"
+    make_store(path)
+    with h5py.File(path, "a") as f:  # changed behind the record's back
+        f["features"][3, 1, 0] = np.nan
+    FeatureStore(path)  # trusted: not scanned
+    with pytest.raises(FeatureStoreError, match=r"image 'img3\.jpg': features contain NaN"):
+        FeatureStore(path, validate="full")
+
+
+def test_append_keeps_the_record_only_of_a_validated_store(tmp_path):
+    rng = np.random.default_rng(3)
+    path = tmp_path / "s.h5"
+    make_store(path, counts=(2, 3))
+    with FeatureStoreWriter(path, append=True) as w:
+        w.add("new.jpg", random_regions(rng, 4, D))
+    assert FeatureStore(path).validated and FeatureStore(path).row("new.jpg") == 2
+    corrupt(path, lambda f: None)
+    with FeatureStoreWriter(path, append=True) as w:
+        w.add("newer.jpg", random_regions(rng, 4, D))
+    store = FeatureStore(path)
+    assert not store.validated and store.row("newer.jpg") == 3
+
+
+def test_lookup_of_unusual_names(tmp_path):
+    rng = np.random.default_rng(4)
+    names = ["b", "a/ü.jpg", "a", "long-" * 20]
+    with FeatureStoreWriter(tmp_path / "s.h5", num_regions=R, feature_dim=D) as w:
+        for name in names:
+            w.add(name, random_regions(rng, 2, D))
+    store = FeatureStore(tmp_path / "s.h5")
+    queries = names + ["", "a/ü.jpg.x", "long-" * 21, "ab"]
+    assert store.find_rows(queries).tolist() == [0, 1, 2, 3, -1, -1, -1, -1]
+    assert "a/ü.jpg" in store and "long-" not in store and store.names == names
+
+
+@pytest.mark.parametrize("sorted_by_score", [True, False])
+def test_max_regions_serves_the_top_k_by_score(tmp_path, sorted_by_score):
+    rng = np.random.default_rng(5)
+    regions = random_regions(rng, 6, D)  # scores descending
+    if not sorted_by_score:
+        regions.scores[:] = regions.scores[::-1].copy()
+    with FeatureStoreWriter(tmp_path / "s.h5", num_regions=R, feature_dim=D, dtype="float32") as w:
+        w.add("a", regions)
+        w.add("few", random_regions(rng, 2, D))
+    k = 4
+    store = FeatureStore(tmp_path / "s.h5", max_regions=k)
+    assert store.num_regions == k and store.stored_regions == R
+    got = store.read("a")
+    keep = np.sort(np.argsort(-regions.scores)[:k])
+    np.testing.assert_array_equal(got.scores, regions.scores[keep])
+    np.testing.assert_array_equal(got.features, regions.features[keep])
+    np.testing.assert_array_equal(got.classes, regions.classes[keep])
+    assert len(store.read("few")) == 2
+    assert FeatureStore(tmp_path / "s.h5", max_regions=99).num_regions == R
+    with pytest.raises(FeatureStoreError, match="--max-regions must be at least 1"):
+        FeatureStore(tmp_path / "s.h5", max_regions=0)

@@ -175,3 +175,26 @@ def test_nothing_importable_is_an_error_not_an_empty_store(tmp_path):
     with pytest.raises(FeatureStoreError, match=r"no pickle could be imported \(1 broken\); the first: .*a.jpg.pkl"):
         import_reference_pickles(pk, tmp_path / "s.h5", num_regions=4, feature_dim=99)
     assert list(tmp_path.glob("s.h5*")) == []
+
+
+def test_import_takes_the_region_count_from_the_pickles(tmp_path):
+    rng = np.random.default_rng(6)
+    pk = tmp_path / "p"
+    pk.mkdir()
+    counts = {"a": 12, "b": 7, "c": 12}
+    regions = {name: random_regions(rng, n, 8) for name, n in counts.items()}
+    for name, r in regions.items():
+        r.scores[:] = rng.permutation(r.scores)  # not in score order: the top ones by score are kept
+        reference_pickle(pk / f"{name}.pkl", r)
+    import_reference_pickles(pk, tmp_path / "s.h5")
+    store = FeatureStore(tmp_path / "s.h5")
+    assert store.stored_regions == max(counts.values())  # not padded to 36
+    assert {name: len(store.read(name)) for name in counts} == counts
+    k = 5
+    report = import_reference_pickles(pk, tmp_path / "top.h5", num_regions=k, dtype="float32")
+    assert report.truncated == sum(n > k for n in counts.values())
+    assert any(f"held more than {k} regions" in line for line in report.lines())
+    got, want = FeatureStore(tmp_path / "top.h5").read("a"), regions["a"]
+    keep = np.sort(np.argsort(-want.scores)[:k])
+    np.testing.assert_array_equal(got.scores, want.scores[keep])
+    np.testing.assert_array_equal(got.features, want.features[keep])

@@ -7,11 +7,12 @@ import logging
 import numpy as np
 
 from ..data.corpus import read_order_file
-from ..data.feature_store import FeatureStore, merge_stores
+from ..data.feature_store import merge_stores, open_store
 from ..data.reference_features import export_reference_pickles, import_reference_pickles
 from .command import run_command
 
 logger = logging.getLogger("vtlm_fairseq.features")
+SPEC_HELP = "a store (.h5), a folder of stores, a .txt manifest listing them, or a comma-separated list of these"
 
 
 def get_parser():
@@ -29,7 +30,9 @@ def get_parser():
     )
     imp.add_argument("pickle_dir", help="folder of IMAGE_NAME.pkl files (the reference's extraction output)")
     imp.add_argument("store", help="the store to write (.h5)")
-    imp.add_argument("--num-regions", type=int, default=36, help="region slots per image (top regions by score)")
+    imp.add_argument("--num-regions", type=int, default=None,
+                     help="region slots per image; an image with more keeps its top regions by score "
+                     "(None: the most regions a sample of the pickles holds; an appended store keeps its own)")
     imp.add_argument("--feature-dim", type=int, default=None,
                      help="feature dimension to import; files of another one are reported as broken "
                      "(None: that of most files)")
@@ -40,22 +43,28 @@ def get_parser():
     imp.add_argument("--force", action="store_true", help="replace an existing store")
 
     ins = sub.add_parser("inspect", help="print a store's summary as JSON (and some images)", formatter_class=fmt)
-    ins.add_argument("store", help="the store (.h5)")
+    ins.add_argument("store", help=f"the store: {SPEC_HELP}")
     ins.add_argument("--image", nargs="*", default=[], help="also give these images' regions (under 'regions')")
 
-    val = sub.add_parser("validate", help="scan every value; check order files", formatter_class=fmt)
-    val.add_argument("store", help="the store (.h5)")
+    val = sub.add_parser(
+        "validate", help="scan every value and record the validation in the store, so that opening it later "
+        "checks nothing more; check order files", formatter_class=fmt,
+    )
+    val.add_argument("store", help=f"the store: {SPEC_HELP}")
     val.add_argument("--order", nargs="*", default=[], help="order files whose images must be present")
 
     mrg = sub.add_parser(
         "merge", help="concatenate stores (e.g. extraction shards) into a new one", formatter_class=fmt
     )
     mrg.add_argument("output", help="the merged store to write; must not be one of the inputs")
-    mrg.add_argument("inputs", nargs="+", help="stores to merge, in order; an image in two of them is an error")
+    mrg.add_argument("inputs", nargs="+",
+                     help="stores to merge, in order (each a store, a folder of them or a .txt manifest); an image "
+                     "in two of them is an error. Training reads shards as one without a merge: pass them to "
+                     "--region-features")
     mrg.add_argument("--force", action="store_true", help="replace an existing output")
 
     exp = sub.add_parser("export", help="write images as reference-format pickles", formatter_class=fmt)
-    exp.add_argument("store", help="the store (.h5)")
+    exp.add_argument("store", help=f"the store: {SPEC_HELP}")
     exp.add_argument("out_dir", help="folder for the IMAGE_NAME.pkl files")
     exp.add_argument("--image", nargs="+", required=True, help="images to export")
     return p  # fmt: skip
@@ -90,14 +99,16 @@ def run(args):
             logger.info("%s", line)
         return 0 if not report.missing else 2
     if args.command == "inspect":
-        store = FeatureStore(args.store, validate="quick")  # all but the features; `validate` scans those
+        store = open_store(args.store, validate="none")
+        store.validate(scan_features=False)  # what it summarises, even if validated; `validate` scans the rest
         summary = store.summary()
         if args.image:  # one JSON document, so that `inspect ... | jq` works
             summary["regions"] = {name: _regions_json(store.read(name)) for name in args.image}
         print(json.dumps(summary, indent=2))
         return 0
     if args.command == "validate":
-        store = FeatureStore(args.store, validate="full")
+        store = open_store(args.store, validate="none")
+        store.validate(record=True)
         status = 0
         for order in args.order:
             names = read_order_file(order)
@@ -106,7 +117,10 @@ def run(args):
                 logger.error("%s:%d: image '%s' is not in %s", order, line, name, args.store)
             logger.info("%s: %d of %d images present", order, len(names) - len(absent), len(names))
             status = status or (2 if absent else 0)
-        logger.info("%s: %d images, all values valid", args.store, len(store))
+        logger.info(
+            "%s: %d images, all values valid%s", args.store, len(store),
+            ", recorded in the store" if store.validated else "",
+        )  # fmt: skip
         return status
     if args.command == "merge":
         n = merge_stores(args.inputs, args.output, force=args.force)

@@ -254,6 +254,8 @@ def _fairseq_cfg(kind: str, params: Dict, dims: Dict[str, int], data_dir: Path, 
         argv += ["--no-region-box-bias"]
     if region_features and kind in ("vtlm", "mmt"):
         argv += ["--region-features", region_features]
+    if kind in ("vtlm", "mmt") and params.get("num_of_regions"):  # the K regions per image it was trained with
+        argv += ["--max-regions", str(int(params["num_of_regions"]))]
     if kind == "tlm" or kind == "vtlm":
         argv += ["--criterion", "vtlm_loss"]
     parser = options.get_training_parser()

@@ -16,6 +16,8 @@ from .feature_store import (
     FeatureStoreError,
     FeatureStoreWriter,
     RegionFeatures,
+    open_store,
+    top_regions,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,8 +61,9 @@ def image_name_of(path: Path) -> str:
 
 
 def load_reference_pickle(path: Path, top: Optional[int] = None) -> RegionFeatures:
-    """One reference pickle as RegionFeatures (first ``num_detections``
-    regions, at most ``top``); raises ValueError saying what is wrong."""
+    """One reference pickle as RegionFeatures (the first ``num_detections``
+    regions, of them the ``top`` of highest score); raises ValueError saying
+    what is wrong."""
     with open(path, "rb") as f:
         data = _NumpyOnlyUnpickler(f).load()
     if not isinstance(data, dict):
@@ -81,15 +84,16 @@ def load_reference_pickle(path: Path, top: Optional[int] = None) -> RegionFeatur
     if not 0 <= n <= available:
         # a negative count would slice from the end and keep the wrong regions
         raise ValueError(f"num_detections {n} outside [0, {available}] (the detections the file holds)")
-    if top is not None:
-        n = min(n, top)
-    return RegionFeatures(features=feats[:n], boxes=boxes[:n], classes=classes[:n], scores=scores[:n])
+    regions = RegionFeatures(features=feats[:n], boxes=boxes[:n], classes=classes[:n], scores=scores[:n])
+    return regions if top is None else top_regions(regions, top)
 
 
 @dataclass
 class ImportReport:
     imported: int = 0
     skipped_present: int = 0
+    truncated: int = 0  # images with more regions than the store's slots
+    region_slots: int = 0
     broken: List[Tuple[str, str]] = field(default_factory=list)  # (file, reason)
     missing: List[Tuple[str, int, str]] = field(default_factory=list)  # (order, line, name)
 
@@ -99,40 +103,51 @@ class ImportReport:
             f"{len(self.broken)} broken files, {len(self.missing)} images named in order "
             "files but without a pickle"
         ]
+        if self.truncated:
+            out.append(
+                f"{self.truncated} images held more than {self.region_slots} regions: their top "
+                f"{self.region_slots} by score were kept (--num-regions to keep more)"
+            )
         out += [f"broken: {path}: {reason}" for path, reason in self.broken]
         out += [f"missing: {order}:{line}: {name}" for order, line, name in self.missing]
         return out
 
 
-def _feature_dim_of(path: Path) -> Optional[int]:
+def _shape_of(path: Path) -> Optional[Tuple[int, int]]:
+    """(feature dimension, regions) of a pickle, None if it is broken."""
     try:
-        return int(load_reference_pickle(path).features.shape[1])
+        regions = load_reference_pickle(path)
     except Exception:
         return None
+    return int(regions.features.shape[1]), len(regions)
 
 
-def majority_feature_dim(files: Sequence[Path], sample: int = 64) -> int:
-    """The feature dimension most of the pickles have, from up to ``sample``
-    files spread over the list: one odd file early in sort order must not
-    decide the dimension and turn every correct file away."""
+def sample_layout(files: Sequence[Path], sample: int = 64) -> Tuple[int, int]:
+    """(the feature dimension most of the pickles have, the most regions one
+    of them holds) from up to ``sample`` files spread over the list: one odd
+    file early in sort order must not decide the dimension and turn every
+    correct file away. One extraction gives every image the same number of
+    detections at most, so a sample finds it."""
     step = max(1, len(files) // sample)
-    dims = Counter(d for d in map(_feature_dim_of, files[::step][:sample]) if d is not None)
-    if not dims:
-        dims = Counter(d for d in map(_feature_dim_of, files) if d is not None)
-    if not dims:
+    shapes = [s for s in map(_shape_of, files[::step][:sample]) if s is not None]
+    if not shapes:
+        shapes = [s for s in map(_shape_of, files) if s is not None]
+    if not shapes:
         raise FeatureStoreError(f"{files[0].parent}: no readable pickle")
+    dims = Counter(d for d, _ in shapes)
     if len(dims) > 1:
         logger.warning(
             "%s: pickles with different feature dimensions (%s); importing the %d-dim ones",
             files[0].parent, ", ".join(f"{d}: {c} sampled" for d, c in dims.most_common()), dims.most_common(1)[0][0],
         )  # fmt: skip
-    return dims.most_common(1)[0][0]
+    dim = dims.most_common(1)[0][0]
+    return dim, max(1, max(n for d, n in shapes if d == dim))
 
 
 def import_reference_pickles(
     pickle_dir,
     store_path,
-    num_regions: int = 36,
+    num_regions: Optional[int] = None,
     dtype: str = "float16",
     num_classes: int = DEFAULT_NUM_CLASSES,
     order_files: Iterable = (),
@@ -144,21 +159,29 @@ def import_reference_pickles(
     (and files of another feature dimension than ``feature_dim``, by default
     that of most files) are reported and skipped; order files, if given, are
     checked for images without a pickle. With ``append``, images already
-    stored are skipped. The store appears only when the import is complete."""
+    stored are skipped. ``num_regions``: the store's region slots (an image
+    with more keeps its top ones by score); by default the most regions a
+    sample of the pickles holds (an appended store keeps its own). The store
+    appears only when the import is complete."""
     from .corpus import read_order_file
 
     if not Path(pickle_dir).is_dir():
         raise FeatureStoreError(f"{pickle_dir}: no such folder of pickles")
-    if num_regions < 1:
+    if num_regions is not None and num_regions < 1:
         raise FeatureStoreError(f"--num-regions must be at least 1, not {num_regions}")
     files = sorted(
         p for p in Path(pickle_dir).iterdir() if p.name.endswith(PICKLE_SUFFIXES)
     )
     if not files:
         raise FeatureStoreError(f"{pickle_dir}: no .pkl or .pickle files")
-    if feature_dim is None and not (append and Path(store_path).exists()):
-        feature_dim = majority_feature_dim(files)
-    report = ImportReport()
+    if append and Path(store_path).exists():
+        num_regions = FeatureStore(store_path, validate="none").stored_regions
+    elif feature_dim is None or num_regions is None:
+        sampled_dim, sampled_regions = sample_layout(files)
+        feature_dim = feature_dim or sampled_dim
+        num_regions = num_regions or sampled_regions
+        logger.info("%s: %d region slots, %d-dim features (from the pickles)", pickle_dir, num_regions, feature_dim)
+    report = ImportReport(region_slots=num_regions)
     writer = None
     try:
         for path in files:
@@ -167,10 +190,12 @@ def import_reference_pickles(
                 report.skipped_present += 1
                 continue
             try:
-                regions = load_reference_pickle(path, top=num_regions)
+                regions = load_reference_pickle(path)
             except Exception as e:  # any unreadable file is reported, never fatal
                 report.broken.append((str(path), f"{type(e).__name__}: {e}"))
                 continue
+            held = len(regions)
+            regions = top_regions(regions, num_regions)
             if writer is None:
                 writer = FeatureStoreWriter(
                     store_path,
@@ -191,6 +216,7 @@ def import_reference_pickles(
                 report.broken.append((str(path), str(e).split(": ", 1)[-1]))
                 continue
             report.imported += 1
+            report.truncated += held > num_regions
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -213,7 +239,7 @@ def import_reference_pickles(
 def export_reference_pickles(store_path, names: Iterable[str], out_dir) -> List[Path]:
     """Writes the named images as reference-format pickles (float32), for
     inspection or for tools that read the reference layout."""
-    store = FeatureStore(store_path, validate="none")
+    store = open_store(store_path, validate="none")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FeatureStoreError(f"{out_dir}: is a file, not a folder for the pickles")

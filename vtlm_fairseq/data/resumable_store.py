@@ -76,7 +76,7 @@ class ResumableStoreBuilder:
 
     # -- what an earlier run left --
     def _check_layout(self, store: FeatureStore) -> None:
-        have = dict(num_regions=store.num_regions, dtype=str(store.dtype), num_classes=store.num_classes)
+        have = dict(num_regions=store.stored_regions, dtype=str(store.dtype), num_classes=store.num_classes)
         for key, value in self.layout.items():
             if have[key] != value:
                 what, option = _LAYOUT_WORDS[key]
@@ -99,10 +99,11 @@ class ResumableStoreBuilder:
         for stale in self.parts.glob("*.partial"):
             logger.info("%s: discarding the unfinished part of an interrupted run", stale)
             stale.unlink()
+        in_output = set(self.existing.names) if self.existing is not None else set()
         for path in self.part_paths():
             part = FeatureStore(path, validate="none")
             names = set(part.names)
-            if self.existing is not None and names <= set(self.existing.names):
+            if self.existing is not None and names <= in_output:
                 # merged into OUTPUT by a run killed before it removed its parts
                 path.unlink()
                 continue

@@ -12,8 +12,15 @@ IMAGE_ORDERS = ChoiceEnum(["aligned", "shuffled", "reversed"])
 class ImageOptions(FairseqDataclass):
     region_features: Optional[str] = field(
         default=None,
-        metadata={"help": "HDF5 region-feature store (visual_tlm: default DATA/features.h5; "
-                  "multimodal_translation: none means text-only NMT)"},
+        metadata={"help": "HDF5 region-feature store, or several read as one (e.g. extraction shards): a "
+                  "folder of *.h5 stores, a .txt manifest (one store or folder per line, relative to the "
+                  "manifest), or a comma-separated list of these; an image in two of them is an error "
+                  "(visual_tlm: default DATA/features.h5; multimodal_translation: none means text-only NMT)"},
+    )
+    max_regions: Optional[int] = field(
+        default=None,
+        metadata={"help": "use the K regions of highest detection score of each image (the reference's "
+                  "--num_of_regions; default: all regions of the store)"},
     )
     missing_images: ChoiceEnum(["fail", "drop"]) = field(
         default="fail",
