@@ -214,7 +214,7 @@ BAD_INPUT = [
     ("filter {w}/cc.tsv.train --out {w}/f --image-dir {w}/missing", "{w}/missing: no such folder (--image-dir)"),
     ("filter {w}/cc.tsv.train --out {w}/f --image-dir {w}/file", "{w}/file: not a folder (--image-dir)"),
     ("filter {w}/cc.tsv.train --out {w}/f --features {w}/missing.h5", "{w}/missing.h5: no such feature store"),
-    ("filter {w}/cc.tsv.train --out {w}/f --features {w}/folder", "{w}/folder: is a folder, not a feature store"),
+    ("filter {w}/cc.tsv.train --out {w}/f --features {w}/folder", "{w}/folder: a folder without feature stores (*.h5)"),
     ("filter {w}/cc.tsv.train --out {w}/f --features {w}/not-hdf5.h5", "{w}/not-hdf5.h5: cannot be read as HDF5"),
     ("filter {w}/cc.tsv.train --out {w}/f --features {w}/other.h5", "{w}/other.h5: not a region-feature store"),
     ("filter {w}/cc.tsv.train --out {w}/file --image-dir {w}/images", "{w}/file: is a file, not a folder"),

@@ -19,7 +19,7 @@ from ..data.conceptual_captions import (
     parse_split_args,
     read_split_tsvs,
 )
-from ..data.feature_store import FeatureStore
+from ..data.feature_store import open_store
 from ..data.image_download import (
     FAILURE_REPORT,
     IMAGE_EXTENSIONS,
@@ -166,7 +166,7 @@ def get_parser():
     flt.add_argument("--image-dir",
                      help="the download folder, images named <id>.<ext> (default: none, the images of "
                      "--features count; give either or both)")
-    flt.add_argument("--features", help="feature store (HDF5): keep only images that are in it (default: none)")
+    flt.add_argument("--features", help="feature store (HDF5; or a folder, manifest or list of shards read as one): keep only images that are in it (default: none)")
     flt.add_argument("--strict", action="store_true",
                      help="stop at the first malformed TSV line (default: off, such lines are dropped)")
     flt.add_argument("--force", action="store_true",
@@ -260,9 +260,7 @@ def run_filter(args) -> dict:
     make_output_dir(args.out_dir)
     store = None
     if args.features:
-        if Path(args.features).is_dir():  # the store would call it missing
-            raise InputError(f"{args.features}: is a folder, not a feature store (--features)")
-        store = FeatureStore(args.features, validate="none")
+        store = open_store(args.features, validate="none")  # one store, or shards read as one
     if args.image_dir:
         images = scan_image_dir(_input_dir(args.image_dir, "--image-dir"))
         logger.info("%s: %d images", args.image_dir, len(images))
