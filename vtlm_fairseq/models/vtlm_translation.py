@@ -211,6 +211,18 @@ class VTLMTranslationModel(FairseqEncoderDecoderModel):
     feature_store: Optional[str] = None
 
     @classmethod
+    def from_pretrained(cls, model_name_or_path, checkpoint_file="model.pt", data_name_or_path=".", **kwargs):
+        """fairseq's hub loading (BaseFairseqModel.from_pretrained), giving
+        the plugin's hub interface (vtlm_fairseq.hub.VTLMTranslator: the
+        data-bin's text preparation, images); ``region_features=`` names the
+        store, other keyword arguments are VTLMTranslator.from_pretrained's."""
+        from ..hub import VTLMTranslator, fairseq_data_path
+
+        kwargs.pop("user_dir", None)  # fairseq's hub imports the plugin with it; it is imported
+        data = fairseq_data_path(model_name_or_path, data_name_or_path)
+        return VTLMTranslator.from_pretrained(model_name_or_path, checkpoint_file, data, **kwargs)
+
+    @classmethod
     def build_model(cls, cfg: VTLMTranslationConfig, task):
         from ..tasks.multimodal_translation import MultimodalTranslationTask
 
