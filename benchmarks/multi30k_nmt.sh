@@ -7,7 +7,9 @@
 #
 #   benchmarks/multi30k_nmt.sh [WORK] [UPDATES] [SEED]   (defaults: work_dirs/multi30k 4000 1)
 # Several seeds: one WORK folder per seed (the data-bin is prepared in each);
-# SKIP_TLM=1 runs the two from-scratch systems only.
+# SKIP_TLM=1 runs the two from-scratch systems only. SYSTEMS="a b" runs only
+# those (fairseq_translation ours_nmt tlm ours_nmt_from_tlm): several processes
+# with different SYSTEMS use several cores; a last run without it makes the table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-work_dirs/multi30k}"
@@ -24,8 +26,11 @@ COMMON=(--arch vtlm_translation_tiny --criterion label_smoothed_cross_entropy --
         --dropout 0.3 --clip-norm 5 --batch-size 64 --max-update "$UPDATES" --cpu --num-workers 1
         --log-interval 100 --no-epoch-checkpoints --seed "$SEED" --disable-validation)
 
+SYSTEMS="${SYSTEMS:-fairseq_translation ours_nmt tlm ours_nmt_from_tlm}"
+wanted() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 train() {  # name, args...
     local name="$1"; shift
+    wanted "$name" || return 0
     [ -f "$WORK/$name/finished" ] && return  # a killed run resumes from its checkpoint_last.pt
     local start=$SECONDS
     fairseq-train "$DATA" "$@" --save-dir "$WORK/$name" 2>&1 | tee -a "$WORK/$name.log" | grep -E "\| train \|"
@@ -35,11 +40,13 @@ train() {  # name, args...
 TEST_SETS=(test_2016_flickr test_2017_flickr test_2017_mscoco test_2018_flickr)
 translate() {  # name, task args...
     local name="$1"; shift
+    wanted "$name" || return 0
     for split in "${TEST_SETS[@]}"; do
         local out="$WORK/results/$name.$split"
         if [ ! -s "$out.gen.txt" ]; then  # written whole or not at all
             fairseq-generate "$DATA" "$@" --path "$WORK/$name/checkpoint_last.pt" --gen-subset "$split" \
-                --beam 5 --max-len-a 1.5 --max-len-b 10 --batch-size 128 --cpu > "$out.gen.txt.tmp"
+                --beam 5 --max-len-a 1.5 --max-len-b 10 --batch-size 128 --cpu \
+                --required-batch-size-multiple 1 > "$out.gen.txt.tmp"  # else fairseq's task drops sentences
             mv "$out.gen.txt.tmp" "$out.gen.txt"
         fi
         vtlm-score --hyp "$out.gen.txt" --ref "$SHARED/data/multi30k/raw/$split.de.gz" \
