@@ -226,7 +226,7 @@ def test_full_disk_keeps_the_last_good_checkpoint(toy_data, tmp_path, fault):
 
 @pytest.mark.parametrize(
     "option, value, message",
-    [("--region-features", "none.h5", "none.h5: no region-feature store"),
+    [("--region-features", "none.h5", "none.h5: no such feature store"),
      ("--train-subset", "nosuch", "split 'nosuch' not found")],
     ids=["missing-store", "missing-split"],
 )  # fmt: skip

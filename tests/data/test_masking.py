@@ -8,6 +8,7 @@ from vtlm_fairseq.data.masking import (
     RANDOM,
     categories,
     check_probs,
+    draw,
     mask_text,
     select,
     swap_sources,
@@ -71,3 +72,18 @@ def test_swap_sources_take_real_regions_only():
     src = swap_sources(rng, cat, real)
     assert (src[cat != RANDOM] == -1).all()
     assert real.reshape(-1)[src[cat == RANDOM]].all()
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_draws_are_those_of_generator_choice(seed):
+    # categories and draw replace rng.choice for speed: the same draws, so the
+    # masks of seeded runs (and of the reference fixtures) stay what they were
+    probs = check_probs([0.8, 0.1, 0.1], "p")
+    selected = np.random.default_rng(seed).random(40) < 0.5
+    ours, theirs = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 1])
+    expected = np.full(40, -1)
+    expected[selected] = theirs.choice(3, size=int(selected.sum()), p=probs)
+    np.testing.assert_array_equal(categories(ours, selected, probs), expected)
+    population = np.arange(7, 300, 3)
+    np.testing.assert_array_equal(draw(ours, population, seed % 9), theirs.choice(population, size=seed % 9))
+    assert ours.random() == theirs.random()  # the generators are left in the same state

@@ -4,7 +4,7 @@ import torch
 
 from tests.data.test_feature_store import make_store
 from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreError
-from vtlm_fairseq.data.region_dataset import RegionFeatureDataset
+from vtlm_fairseq.data.region_dataset import RegionFeatureDataset, collate_regions, region_item
 
 
 @pytest.fixture
@@ -19,12 +19,12 @@ def test_items_follow_the_order_file(tmp_path, store):
     order.write_text("img3.jpg\nimg1.jpg\nimg1.jpg\nimg2.jpg\n")
     ds = RegionFeatureDataset.from_order_file(store, order)
     assert len(ds) == 4
-    item = ds[1]
-    assert item["features"].shape == (6, 16) and item["features"].dtype == torch.float32
-    assert item["mask"].tolist() == [True] * 3 + [False] * 3
-    np.testing.assert_array_equal(item["classes"][:3].numpy(), written["img1.jpg"].classes)
-    assert (item["features"][3:] == 0).all() and (item["boxes"][3:] == 0).all()
-    assert not ds[3]["mask"].any()  # an image without detections
+    item = ds[1]  # the real regions only, features in the store's dtype
+    assert item["features"].shape == (3, 16) and str(item["features"].dtype) == f"torch.{store.dtype}"
+    assert item["mask"].tolist() == [True] * 3
+    np.testing.assert_array_equal(item["features"].numpy(), store.read("img1.jpg").features)
+    np.testing.assert_array_equal(item["classes"].numpy(), written["img1.jpg"].classes)
+    assert len(ds[3]["mask"]) == 0  # an image without detections
 
 
 def test_collater_trims_to_the_widest_image(tmp_path, store):
@@ -33,6 +33,12 @@ def test_collater_trims_to_the_widest_image(tmp_path, store):
     batch = ds.collater([ds[0], ds[1]])
     assert batch["features"].shape == (2, 3, 16)
     assert batch["mask"].tolist() == [[True] * 3, [True, True, False]]
+    assert (batch["features"][1, 2] == 0).all() and (batch["boxes"][1, 2] == 0).all()
+    # items padded to the store's slots (region_item) collate to the same batch
+    padded = [region_item(store.read(name), store.num_regions) for name in ("img1.jpg", "img4.jpg")]
+    assert padded[1]["features"].shape[0] == store.num_regions
+    for key, value in collate_regions(padded).items():
+        assert torch.equal(value, batch[key]), key
 
 
 def test_missing_images_fail_or_drop(tmp_path, store):

@@ -33,10 +33,18 @@ def select(rng: np.random.Generator, eligible: np.ndarray, prob: float) -> np.nd
 def categories(rng: np.random.Generator, selected: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """NOT_SELECTED, or MASK/KEEP/RANDOM drawn with probs, per position."""
     out = np.full(selected.shape, NOT_SELECTED, dtype=np.int64)
-    n = int(selected.sum())
+    n = int(np.count_nonzero(selected))
     if n:
-        out[selected] = rng.choice(3, size=n, p=probs)
+        # the draw of rng.choice(3, size=n, p=probs), without its per-call
+        # checks of probs (check_probs made them once): a quarter of the time
+        cdf = np.cumsum(probs)
+        out[selected] = np.searchsorted(cdf / cdf[-1], rng.random(n), side="right")
     return out
+
+
+def draw(rng: np.random.Generator, population: np.ndarray, size: int) -> np.ndarray:
+    """rng.choice(population, size=size), drawn the same way at less cost."""
+    return population[rng.integers(0, len(population), size=size)]
 
 
 def mask_text(
@@ -53,9 +61,10 @@ def mask_text(
     cat = categories(rng, select(rng, eligible, prob), probs)
     out = tokens.copy()
     out[cat == MASK] = mask_idx
-    n_random = int((cat == RANDOM).sum())
+    random = cat == RANDOM
+    n_random = int(np.count_nonzero(random))
     if n_random:
-        out[cat == RANDOM] = rng.choice(random_vocab, size=n_random)
+        out[random] = draw(rng, random_vocab, n_random)
     return out, cat
 
 
@@ -66,5 +75,5 @@ def swap_sources(rng: np.random.Generator, category: np.ndarray, real: np.ndarra
     src = np.full(category.shape, -1, dtype=np.int64)
     swap = category == RANDOM
     if swap.any() and len(pool):
-        src[swap] = rng.choice(pool, size=int(swap.sum()))
+        src[swap] = draw(rng, pool, int(np.count_nonzero(swap)))
     return src

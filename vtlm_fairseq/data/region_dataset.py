@@ -2,6 +2,7 @@
 split's order file (line i = image of sentence pair i)."""
 
 import logging
+import math
 from typing import List
 
 import numpy as np
@@ -14,35 +15,57 @@ from .feature_store import FeatureStore, RegionFeatures
 logger = logging.getLogger(__name__)
 
 
+def region_tensors(regions: RegionFeatures) -> dict:
+    """One image's regions as tensors, unpadded and without copying the
+    features: those stay in the store's dtype (float16 by default; the model
+    converts a whole batch at once), so a DataLoader worker hands half the
+    bytes over. Boxes and scores are float32, classes int64, ``mask`` True
+    for every (real) region."""
+    return {
+        "features": torch.from_numpy(np.ascontiguousarray(regions.features)),
+        "boxes": torch.from_numpy(regions.boxes.astype(np.float32, copy=False)),
+        "classes": torch.from_numpy(regions.classes.astype(np.int64)),
+        "scores": torch.from_numpy(regions.scores.astype(np.float32, copy=False)),
+        "mask": torch.ones(len(regions), dtype=torch.bool),
+    }
+
+
 def region_item(regions: RegionFeatures, slots: int) -> dict:
-    """One image's regions as float32 tensors padded to ``slots`` rows, with
-    ``mask`` True for real regions."""
-    n = len(regions)
-    features = torch.zeros(slots, regions.features.shape[1])
-    features[:n] = torch.from_numpy(regions.features.astype(np.float32))
-    boxes = torch.zeros(slots, 4)
-    boxes[:n] = torch.from_numpy(regions.boxes.astype(np.float32))
-    classes = torch.zeros(slots, dtype=torch.long)
-    classes[:n] = torch.from_numpy(regions.classes.astype(np.int64))
-    scores = torch.zeros(slots)
-    scores[:n] = torch.from_numpy(regions.scores.astype(np.float32))
-    mask = torch.zeros(slots, dtype=torch.bool)
-    mask[:n] = True
-    return {"features": features, "boxes": boxes, "classes": classes, "scores": scores, "mask": mask}
+    """``region_tensors`` padded to ``slots`` rows (``mask`` False there)."""
+    return {key: _padded([value], slots)[0] for key, value in region_tensors(regions).items()}
+
+
+def _padded(tensors, rows: int) -> torch.Tensor:
+    """The tensors' first ``rows`` rows stacked, zero-padded: one copy each.
+    In a DataLoader worker the batch is made in shared memory, as torch's
+    default_collate does, so handing it to the trainer copies nothing."""
+    shape = (len(tensors), rows) + tuple(tensors[0].shape[1:])
+    if torch.utils.data.get_worker_info() is not None:
+        first = tensors[0]
+        out = first.new(first._typed_storage()._new_shared(math.prod(shape), device=first.device))
+        out = out.resize_(shape).zero_()
+    else:
+        out = tensors[0].new_zeros(shape)
+    for i, t in enumerate(tensors):
+        n = min(len(t), rows)
+        out[i, :n] = t[:n]
+    return out
 
 
 def collate_regions(samples) -> dict:
-    """Stacks items, trimmed to the most regions any item of the batch has."""
+    """Stacks items (padded or not), to the most regions any item of the
+    batch has."""
     if not samples:
         return {}
     width = max(int(s["mask"].sum()) for s in samples)
-    return {key: torch.stack([s[key][:width] for s in samples]) for key in samples[0]}
+    return {key: _padded([s[key] for s in samples], width) for key in samples[0]}
 
 
 class RegionFeatureDataset(FairseqDataset):
-    """Item i is the regions of sentence pair i's image, as float32 tensors:
-    ``features`` (R, D), ``boxes`` (R, 4), ``classes`` (R,), ``scores`` (R,)
-    and ``mask`` (R,), True for real regions and False for padding slots.
+    """Item i is the regions of sentence pair i's image (``region_tensors``:
+    ``features`` (n, D) in the store's dtype, ``boxes`` (n, 4), ``classes``
+    (n,), ``scores`` (n,), ``mask`` (n,)) for its n real regions; the
+    collater pads a batch to its widest image, ``mask`` False there.
 
     ``missing``: 'fail' (default) raises on the first image absent from the
     store, naming the order file and line; 'drop' keeps going and lists the
@@ -104,7 +127,7 @@ class RegionFeatureDataset(FairseqDataset):
                 f"sentence pair {index} has no image ('{self.image_names[index]}' is "
                 f"not in {self.store.path}); it should have been dropped"
             )
-        return region_item(self.store.read_row(row), self.store.num_regions)
+        return region_tensors(self.store.read_row(row))
 
     def collater(self, samples):
         return collate_regions(samples)

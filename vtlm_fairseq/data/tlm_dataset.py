@@ -82,7 +82,7 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
     # -- fairseq dataset protocol --
     @property
     def epoch(self) -> int:
-        return int(self._epoch[0])
+        return self._epoch.item()
 
     def set_epoch(self, epoch):
         self._epoch[0] = epoch
@@ -151,7 +151,10 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         }
         if self.regions is not None:
             regions = self.regions[pair]
-            real = regions["mask"].numpy()
+            # drawn over all the store's slots (padding never selected), so
+            # that the draws do not depend on how many regions an image has
+            real = np.zeros(self.regions.store.num_regions, dtype=bool)
+            real[: len(regions["mask"])] = True
             chosen = select(rng, real, self.masking.region_prob)
             item["regions"] = regions
             item["region_category"] = torch.from_numpy(categories(rng, chosen, self.masking.region_probs))
@@ -181,10 +184,11 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         return batch
 
     def _collate_regions(self, samples, ids):
+        # fresh tensors, the batch's own: masked in place
         regions = self.regions.collater([s["regions"] for s in samples])
         width = regions["mask"].shape[1]
         category = torch.stack([s["region_category"][:width] for s in samples])
-        features = regions["features"].clone()
+        features = regions["features"]
         cat = category.numpy()
         # RANDOM regions take the feature of a random real region of the batch,
         # drawn from a generator seeded by the batch's first pair
@@ -192,7 +196,8 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         sources = torch.from_numpy(swap_sources(rng, cat, regions["mask"].numpy()))
         swap = sources >= 0
         if swap.any():
-            flat = regions["features"].reshape(-1, features.shape[-1])
+            # the gather copies every source row before any row is overwritten
+            flat = features.view(-1, features.shape[-1])
             features[swap] = flat[sources[swap]]
         masked = category == MASK
         features[masked] = 0.0

@@ -75,9 +75,10 @@ class RegionEmbedding(nn.Module):
         self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
 
     def forward(self, features, boxes, masked_input=None, mask_embedding=None):
-        """features (B, R, D), boxes (B, R, 4); where ``masked_input`` is True
-        the feature term is replaced by ``mask_embedding`` (the [MASK] token)."""
-        x = F.relu(self.feature_proj(features))
+        """features (B, R, D) (float16 from the store: converted here, once
+        per batch), boxes (B, R, 4); where ``masked_input`` is True the
+        feature term is replaced by ``mask_embedding`` (the [MASK] token)."""
+        x = F.relu(self.feature_proj(features.to(self.feature_proj.weight.dtype)))
         if masked_input is not None and mask_embedding is not None:
             x = torch.where(masked_input.unsqueeze(-1), mask_embedding.to(x), x)
         x = x + F.relu(self.box_proj(boxes)) + self.embed_langs.weight[self.img_lang]

@@ -4,21 +4,24 @@ store it is plain NMT on the same code path. It initialises a fresh
 ``vtlm_translation`` model from ``--pretrained-checkpoint`` when fine-tuning
 starts (not on resume, never when loading a trained model)."""
 
+import functools
 import logging
 import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import PrependTokenDataset, data_utils
+from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from fairseq.utils import safe_getattr
 from omegaconf import II
 
-from ..data.feature_store import FeatureStore
+from ..data.feature_store import open_store
 from ..data.multimodal_pair_dataset import IndexSubsetDataset, MultimodalPairDataset
 from ..data.region_dataset import RegionFeatureDataset
 from ..data.splits import MASK_SYMBOL, load_pair_text, load_split_regions, load_vocabulary, split_data_path
@@ -48,6 +51,12 @@ class MultimodalTranslationConfig(TranslationConfig, ImageOptions):
     seed: int = II("common.seed")
 
 
+def _tensor_state(meter):
+    """An AverageMeter's state with its numpy arrays as tensors."""
+    state = type(meter).state_dict(meter)
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in state.items()}
+
+
 @register_task("multimodal_translation", dataclass=MultimodalTranslationConfig)
 class MultimodalTranslationTask(TranslationTask):
     cfg: MultimodalTranslationConfig
@@ -56,7 +65,7 @@ class MultimodalTranslationTask(TranslationTask):
         super().__init__(cfg, src_dict, tgt_dict)
         self.mask_idx = src_dict.index(MASK_SYMBOL)
         self.lang_ids = language_ids(cfg.source_lang, cfg.target_lang)
-        self.store = FeatureStore(cfg.region_features) if cfg.region_features else None
+        self.store = open_store(cfg.region_features, max_regions=cfg.max_regions) if cfg.region_features else None
         if self.store is not None:
             logger.info(
                 "region features: %s (%d images, %d regions x %d dims)",
@@ -119,6 +128,17 @@ class MultimodalTranslationTask(TranslationTask):
             raise InputError("--criterion vtlm_loss is the (V)TLM pre-training loss: translation trains with "
                              "cross_entropy or label_smoothed_cross_entropy")  # fmt: skip
         return super().build_criterion(cfg, from_checkpoint)
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        # --eval-bleu: fairseq keeps the n-gram statistics as numpy arrays,
+        # which every checkpoint saves with the meters; torch's weights-only
+        # loading (resume, fairseq-generate) refuses them: save them as tensors
+        for meters in metrics.get_active_aggregators():
+            for key in ("_bleu_counts", "_bleu_totals"):
+                meter = meters.get(key)
+                if meter is not None and "state_dict" not in vars(meter):
+                    meter.state_dict = functools.partial(_tensor_state, meter)
 
     def restored_checkpoint(self) -> Optional[str]:
         """The checkpoint fairseq-train will restore the model from, chosen

@@ -9,7 +9,7 @@ from typing import List
 from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 
-from ..data.feature_store import FeatureStore
+from ..data.feature_store import open_store
 from ..data.splits import load_split_regions, split_data_path
 from ..data.tlm_dataset import MaskingSettings
 from ..errors import InputError
@@ -50,9 +50,9 @@ class VisualTranslationLMTask(TranslationLMTaskBase):
         super().__init__(cfg, dictionary)
         # the store: --region-features, else DATA/features.h5
         path = cfg.region_features or os.path.join(split_data_path(cfg.data, epoch=1), "features.h5")
-        if not os.path.isfile(path):
+        if not cfg.region_features and not os.path.isfile(path):
             raise InputError(f"{path}: no region-feature store (give --region-features)")
-        self.store = FeatureStore(path)
+        self.store = open_store(path, max_regions=cfg.max_regions)
         logger.info(
             "region features: %s (%d images, %d regions x %d dims, %s)",
             path, len(self.store), self.store.num_regions, self.store.feature_dim, self.store.dtype,
