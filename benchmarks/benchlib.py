@@ -30,7 +30,7 @@ USER_DIR = str(REPO / "vtlm_fairseq")
 # -- timing -------------------------------------------------------------------
 
 
-CLOCKS = ("cpu", "wall")
+CLOCKS = ("cpu", "wall")  # "tree" (with child processes) is a third, paired with "cpu"
 
 
 @dataclass
@@ -43,9 +43,27 @@ class Sample:
     wall: float
     cpu: float
     units: float
+    tree: Optional[float] = None  # CPU of this process and its children (DataLoader workers)
 
     def rate(self, clock: str) -> float:
         return self.units / getattr(self, clock)
+
+
+def tree_cpu_time() -> float:
+    """CPU seconds of this process, its finished children and its live ones
+    (read from /proc): what a run with DataLoader workers costs in all."""
+    import multiprocessing
+
+    times = os.times()
+    total = time.process_time() + times.children_user + times.children_system
+    tick = os.sysconf("SC_CLK_TCK")
+    for child in multiprocessing.active_children():
+        try:
+            fields = Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # exited in between: counted among the finished ones
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 Block = Callable[[], float]  # does one block of work, returns its units
@@ -65,9 +83,9 @@ def interleaved(blocks: Dict[str, Block], repeats: int, warmup: int = 1,
         for name in names[shift:] + names[:shift]:
             if before is not None:
                 before(name)
-            wall, cpu = time.perf_counter(), time.process_time()
+            wall, cpu, tree = time.perf_counter(), time.process_time(), tree_cpu_time()
             units = blocks[name]()
-            sample = Sample(time.perf_counter() - wall, time.process_time() - cpu, units)
+            sample = Sample(time.perf_counter() - wall, time.process_time() - cpu, units, tree_cpu_time() - tree)
             if round_index >= warmup:
                 samples[name].append(sample)
     return samples
