@@ -16,6 +16,8 @@
 # with the arguments of examples/multi30k/pretrain.sh (fairseq reads the
 # world size and ranks that torchrun sets). A run resumes from
 # SAVE_DIR/checkpoint_last.pt when started again.
+# fairseq-hydra-train form: examples/multi30k/config/pretrain_{tlm,vtlm}.yaml
+# with common.log_format=simple common.log_interval=500 (see their headers)
 set -euo pipefail
 kind="$1"; data="$2"; save="$3"; shift 3
 GPUS="${GPUS:-1}"

@@ -8,6 +8,7 @@
 #   examples/multi30k/finetune.sh mmt DATA_BIN VTLM.pt SAVE_DIR --region-features FEATURES.h5 [...]
 # then, for every test set (decoding needs --region-features for MMT too):
 #   examples/multi30k/translate.sh DATA_BIN SAVE_DIR/checkpoint_best.pt all [--region-features F]
+# fairseq-hydra-train form: examples/multi30k/config/finetune_{nmt,mmt}.yaml
 set -euo pipefail
 kind="$1"; data="$2"; pretrained="$3"; save="$4"; shift 4
 case "$kind" in nmt|mmt) ;; *) echo "first argument: nmt or mmt" >&2; exit 2 ;; esac

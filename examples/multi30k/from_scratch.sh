@@ -4,6 +4,7 @@
 # dropout 0.4, stop on validation BLEU with patience 20 epochs.
 #
 #   examples/multi30k/from_scratch.sh DATA_BIN SAVE_DIR [--region-features FEATURES.h5] [...]
+# fairseq-hydra-train form: examples/multi30k/config/from_scratch_{nmt,mmt}.yaml
 set -euo pipefail
 data="$1"; save="$2"; shift 2
 here="$(cd "$(dirname "$0")/../.." && pwd)"

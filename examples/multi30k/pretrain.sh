@@ -12,6 +12,7 @@
 # --batch-size $((64 / N)). With --region-mask-prob 0 (MRC off) add
 # --find-unused-parameters. Several nodes: fairseq's usual
 # --distributed-init-method tcp://HOST:PORT --distributed-rank R.
+# fairseq-hydra-train form: examples/multi30k/config/pretrain_{tlm,vtlm}.yaml
 set -euo pipefail
 kind="$1"; data="$2"; save="$3"; shift 3
 case "$kind" in
