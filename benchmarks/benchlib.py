@@ -272,7 +272,7 @@ def toy_data(root: Path, bpe_merges: int = 2000, **world_options) -> ToyData:
     data = ToyData(root / "data-bin", root / "world" / "features.h5", root / "world")
     if (root / "ready").exists():
         return data
-    from vtlm_fairseq.data.preparation import PrepareConfig, prepare
+    from vtlm_fairseq.text.preparation import PrepareConfig, prepare
     from vtlm_fairseq.toy_world import ToyWorldConfig, build_toy_world
 
     print(f"building toy data in {root} ...", flush=True)

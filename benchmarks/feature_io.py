@@ -60,7 +60,7 @@ def reference_pickles(store_path: Path, out_dir: Path) -> Dict[str, Path]:
     """Every image of the store as a reference-format pickle (float32), made
     once with the plugin's exporter."""
     from vtlm_fairseq.data.feature_store import FeatureStore
-    from vtlm_fairseq.data.reference_features import export_reference_pickles
+    from vtlm_fairseq.features.reference_features import export_reference_pickles
 
     names = FeatureStore(store_path, validate="none").names
     done = out_dir / "complete"

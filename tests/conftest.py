@@ -27,7 +27,7 @@ TINY_WORLD = dict(
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
     """A tiny toy world, prepared as a data-bin: (data-bin, feature store, world)."""
-    from vtlm_fairseq.data.preparation import PrepareConfig, prepare
+    from vtlm_fairseq.text.preparation import PrepareConfig, prepare
     from vtlm_fairseq.toy_world import ToyWorldConfig, build_toy_world
 
     root = tmp_path_factory.mktemp("toy_data")
@@ -122,8 +122,8 @@ def nmt_checkpoint(toy_data, tmp_path_factory):
 
 @pytest.fixture
 def server(monkeypatch):
-    """A local HTTP server of good and bad images (tests/data/test_image_download.py)."""
-    from tests.data.test_image_download import ImageServer
+    """A local HTTP server of good and bad images (tests/corpora/test_image_download.py)."""
+    from tests.corpora.test_image_download import ImageServer
 
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     s = ImageServer()

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from tests.conftest import shared_path
-from vtlm_fairseq.data.corpus import read_lines
+from vtlm_fairseq.text.corpus import read_lines
 from vtlm_fairseq.meteor import (DEFAULT_MODULES, JAR_PACKAGE, JAVA_PACKAGE, METEOR_CODES, Meteor, MeteorUnavailable,
                                  runtime)  # fmt: skip
 

@@ -7,8 +7,8 @@ import pytest
 from sacremoses import MosesDetokenizer
 
 from vtlm_fairseq.cli import score as score_cli
-from vtlm_fairseq.data.corpus import CorpusError
-from vtlm_fairseq.data.tokenization import remove_bpe
+from vtlm_fairseq.text.corpus import CorpusError
+from vtlm_fairseq.text.tokenization import remove_bpe
 from vtlm_fairseq.scoring import read_hypotheses, score
 
 REFS = ["Eine rote Fledermaus ist neben einem Auto.", "Ein Mann hält einen grünen Schläger."]

@@ -33,12 +33,12 @@ from omegaconf import open_dict
 from sacremoses import MosesDetokenizer
 
 from .checkpoints import load_trained_model, read_fairseq_checkpoint
-from .data.bpe import BPEApplier
+from .text.bpe import BPEApplier
 from .data.feature_store import FeatureStoreError, RegionFeatures, check_regions, store_exists
 from .data.multimodal_pair_dataset import MultimodalPairDataset
 from .data.region_dataset import collate_regions, region_tensors
 from .data.splits import split_data_path
-from .data.tokenization import MosesPipeline, remove_bpe
+from .text.tokenization import MosesPipeline, remove_bpe
 from .errors import InputError
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Dict, List, Optional, Sequence
 import sacrebleu
 from sacremoses import MosesDetokenizer
 
-from .data.corpus import CorpusError, read_lines
-from .data.tokenization import MosesPipeline, remove_bpe
+from .text.corpus import CorpusError, read_lines
+from .text.tokenization import MosesPipeline, remove_bpe
 from .errors import InputError
 from .meteor import Meteor
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests.data.test_feature_store import make_store
-from tests.data.test_reference_features import reference_pickle
+from tests.features.test_reference_features import reference_pickle
 from tests.data.store_helpers import random_regions
 from tests.conftest import REPO
 from vtlm_fairseq.cli import features, prepare, toy_world

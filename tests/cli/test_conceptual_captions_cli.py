@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.data.test_conceptual_captions import make_store
+from tests.corpora.test_conceptual_captions import make_store
 from vtlm_fairseq.cli import conceptual_captions as cc
-from vtlm_fairseq.data.conceptual_captions import filter_splits
-from vtlm_fairseq.data.image_download import PART_SUFFIX, failure_kind
+from vtlm_fairseq.corpora.conceptual_captions import filter_splits
+from vtlm_fairseq.corpora.image_download import PART_SUFFIX, failure_kind
 
 VTLM_CC = str(Path(sys.executable).parent / "vtlm-cc")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.data import tiny_detector as tiny
+from tests.features import tiny_detector as tiny
 from vtlm_fairseq.cli import extract_features, features
 from vtlm_fairseq.data.feature_store import FeatureStore
 
@@ -70,14 +70,14 @@ def test_two_shard_processes_then_merge(tmp_path, caplog):
 def test_sigkilled_command_resumes(tmp_path):
     """The console command SIGKILLed at seeded random moments once it has
     written its first part, twice, then run to the end: the store is
-    the one an uninterrupted run writes (tests/data/test_resumable_store.py
+    the one an uninterrupted run writes (tests/features/test_resumable_store.py
     kills the store code itself at many more moments)."""
     import random
     import signal
     import time
 
-    from tests.data.test_region_extraction import assert_store_holds
-    from vtlm_fairseq.data.resumable_store import parts_dir
+    from tests.features.test_region_extraction import assert_store_holds
+    from vtlm_fairseq.features.resumable_store import parts_dir
 
     tiny.require_tensorflow()
     detector = tiny.build_tiny_detector(tmp_path / "detector")

@@ -37,7 +37,7 @@ def test_whole_words_only_and_length_check():
     ],
 )
 def test_bad_annotation_lines_name_file_and_line(tmp_path, text, message):
-    from vtlm_fairseq.data.corpus import CorpusError
+    from vtlm_fairseq.text.corpus import CorpusError
     from vtlm_fairseq.toy_world import read_annotations
 
     (tmp_path / "a.jsonl").write_text(text)

@@ -9,7 +9,7 @@ import math
 import re
 from pathlib import Path
 
-from ..data.conceptual_captions import (
+from ..corpora.conceptual_captions import (
     CC_SPLITS,
     FILTER_REPORT,
     CaptionPair,
@@ -20,7 +20,7 @@ from ..data.conceptual_captions import (
     read_split_tsvs,
 )
 from ..data.feature_store import open_store
-from ..data.image_download import (
+from ..corpora.image_download import (
     FAILURE_REPORT,
     IMAGE_EXTENSIONS,
     DownloadConfig,
@@ -29,7 +29,7 @@ from ..data.image_download import (
     index_image_names,
     scan_image_dir,
 )
-from ..data.preparation import PrepareConfig, prepare
+from ..text.preparation import PrepareConfig, prepare
 from ..errors import InputError
 from ..output_paths import make_output_dir
 from .command import run_command

@@ -6,7 +6,7 @@ import logging
 import time
 
 from ..data.feature_store import DEFAULT_NUM_CLASSES
-from ..data.region_extraction import ExtractionConfig, default_report_path, extract_region_features
+from ..features.region_extraction import ExtractionConfig, default_report_path, extract_region_features
 from .command import run_command
 
 logger = logging.getLogger("vtlm_fairseq.extract_features")

@@ -6,9 +6,9 @@ import logging
 
 import numpy as np
 
-from ..data.corpus import read_order_file
+from ..text.corpus import read_order_file
 from ..data.feature_store import merge_stores, open_store
-from ..data.reference_features import export_reference_pickles, import_reference_pickles
+from ..features.reference_features import export_reference_pickles, import_reference_pickles
 from .command import run_command
 
 logger = logging.getLogger("vtlm_fairseq.features")

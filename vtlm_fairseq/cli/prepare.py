@@ -2,7 +2,7 @@
 
 import argparse
 
-from ..data.preparation import PrepareConfig, prepare
+from ..text.preparation import PrepareConfig, prepare
 from .command import run_command
 
 

@@ -4,8 +4,8 @@ the toy world's ambiguous-word accuracy of a translation."""
 import argparse
 import json
 
-from ..data.corpus import CorpusError, read_lines
-from ..data.tokenization import moses_languages
+from ..text.corpus import CorpusError, read_lines
+from ..text.tokenization import moses_languages
 from ..meteor import Meteor
 from ..output_paths import check_output_file
 from ..scoring import check_counts, read_hypotheses, score

@@ -1,1 +1,1 @@
-"""Datasets, corpus readers and the region-feature store."""
+"""What fairseq reads at training and decoding time: the region-feature store, the (V)TLM and translation datasets, masking and batching."""

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset
 
-from .corpus import read_order_file
+from ..text.corpus import read_order_file
 from .feature_store import FeatureStore, RegionFeatures
 
 logger = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ import torch
 from fairseq import utils
 from fairseq.sequence_scorer import SequenceScorer
 
-from ..data.bpe import BPEApplier
-from ..data.corpus import CorpusError, check_parallel, read_lines, read_order_file
+from ..text.bpe import BPEApplier
+from ..text.corpus import CorpusError, check_parallel, read_lines, read_order_file
 from ..data.multimodal_pair_dataset import MultimodalPairDataset
 from ..data.region_dataset import RegionFeatureDataset
-from ..data.tokenization import MosesPipeline
+from ..text.tokenization import MosesPipeline
 from ..errors import InputError
 from ..hub import data_bin_settings
 

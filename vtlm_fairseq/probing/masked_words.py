@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, data_utils
 
-from ..data.tokenization import strip_accents
+from ..text.tokenization import strip_accents
 from ..errors import InputError
 from .inputs import annotations_path, check_annotations
 

@@ -16,7 +16,7 @@ import torch
 from fairseq.data import BaseWrapperDataset
 from fairseq.dataclass.configs import GenerationConfig
 
-from ..data.tokenization import MosesPipeline
+from ..text.tokenization import MosesPipeline
 from ..errors import InputError
 from ..hub import data_bin_manifest
 from ..scoring import score
@@ -206,7 +206,7 @@ def incongruent_decoding(model, task, split: str, references: Sequence[str], ord
 def raw_references(task, split: str, path: Optional[str] = None) -> List[str]:
     """The split's raw target text: ``path``, else the file vtlm-prepare
     recorded for it in the data-bin's prepare.json."""
-    from ..data.corpus import read_lines
+    from ..text.corpus import read_lines
     from ..data.splits import split_data_path
 
     data = split_data_path(task.cfg.data, 1)

@@ -5,8 +5,8 @@ import json
 import re
 from typing import Dict, List, Sequence
 
-from ..data.corpus import CorpusError, read_lines
-from ..data.tokenization import remove_bpe, strip_accents
+from ..text.corpus import CorpusError, read_lines
+from ..text.tokenization import remove_bpe, strip_accents
 from ..errors import InputError
 
 _WORD = re.compile(r"\w+")

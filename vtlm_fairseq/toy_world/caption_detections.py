@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
-from ..data.corpus import CorpusError, check_parallel, find_text_file, read_lines, read_order_file
+from ..text.corpus import CorpusError, check_parallel, find_text_file, read_lines, read_order_file
 from ..data.feature_store import FeatureStoreWriter
 from ..errors import InputError
 from ..probing.masked_words import normalise

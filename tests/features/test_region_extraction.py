@@ -1,6 +1,6 @@
-"""Region extraction with a TensorFlow detector (vtlm_fairseq.data.region_extraction).
+"""Region extraction with a TensorFlow detector (vtlm_fairseq.features.region_extraction).
 
-The tests that run a detector build a tiny SavedModel (tests/data/tiny_detector.py)
+The tests that run a detector build a tiny SavedModel (tests/features/tiny_detector.py)
 and need TensorFlow (the [extract] extra); without it they are skipped and the
 rest (image list, shards, reader, output selection) still runs."""
 
@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.data import tiny_detector as tiny
+from tests.features import tiny_detector as tiny
 from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreError, merge_stores
-from vtlm_fairseq.data.region_extraction import (
+from vtlm_fairseq.features.region_extraction import (
     ExtractionConfig,
     ExtractionError,
     ImageEntry,
@@ -158,7 +158,7 @@ def test_without_tensorflow_the_error_says_how_to_install(monkeypatch, tmp_path)
 def test_plugin_import_does_not_import_tensorflow():
     import subprocess
 
-    code = "import sys, vtlm_fairseq.data.region_extraction; print('tensorflow' in sys.modules)"
+    code = "import sys, vtlm_fairseq.features.region_extraction; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("False")
 

@@ -4,7 +4,7 @@ segmentations checked by hand against the merge table (see each case)."""
 import pytest
 
 from tests.conftest import shared_path
-from vtlm_fairseq.data.bpe import BPEApplier, read_codes
+from vtlm_fairseq.text.bpe import BPEApplier, read_codes
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_reference_codes_segment_as_fastbpe(reference_bpe, line, expected):
 
 def test_full_reference_pipeline_strips_accents_before_bpe(reference_bpe):
     """The released models saw lowercased, accent-stripped Moses tokens."""
-    from vtlm_fairseq.data.tokenization import MosesPipeline
+    from vtlm_fairseq.text.tokenization import MosesPipeline
 
     tokens = MosesPipeline("de", lowercase=True, strip_accents=True)("Zwei Männer quakt.")
     assert tokens == "zwei manner quakt ."
@@ -58,7 +58,7 @@ def test_malformed_fastbpe_line_named(tmp_path):
 @pytest.mark.parametrize("text", ["#version: 0.2\na b\nc\n", "#version: 0.2\n"], ids=["bad line", "no merges"])
 def test_codes_subword_nmt_would_exit_on_are_errors(tmp_path, text):
     """subword-nmt calls sys.exit on them, which hangs a worker pool."""
-    from vtlm_fairseq.data.corpus import CorpusError
+    from vtlm_fairseq.text.corpus import CorpusError
 
     codes = tmp_path / "codes"
     codes.write_text(text)

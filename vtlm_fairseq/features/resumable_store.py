@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
-from .feature_store import (
+from ..data.feature_store import (
     FeatureStore,
     FeatureStoreError,
     FeatureStoreWriter,

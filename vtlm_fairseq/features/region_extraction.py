@@ -28,8 +28,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, 
 import numpy as np
 
 from ..errors import InputError
-from .corpus import CorpusError, image_file_name, read_lines
-from .feature_store import DEFAULT_NUM_CLASSES, FeatureStoreError, RegionFeatures
+from ..text.corpus import CorpusError, image_file_name, read_lines
+from ..data.feature_store import DEFAULT_NUM_CLASSES, FeatureStoreError, RegionFeatures
 from .resumable_store import ResumableStoreBuilder
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-from vtlm_fairseq.data.tokenization import MosesPipeline, remove_bpe, strip_accents
+from vtlm_fairseq.text.tokenization import MosesPipeline, remove_bpe, strip_accents
 
 
 def test_paper_pipeline_lowercases_strips_accents_and_tokenises():

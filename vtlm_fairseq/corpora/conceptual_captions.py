@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Container, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from .corpus import CorpusError, open_binary
+from ..text.corpus import CorpusError, open_binary
 
 logger = logging.getLogger(__name__)
 

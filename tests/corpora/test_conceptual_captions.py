@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.data.store_helpers import random_regions
-from vtlm_fairseq.data.conceptual_captions import (
+from vtlm_fairseq.corpora.conceptual_captions import (
     CaptionPair,
     CaptionTsvReader,
     TsvProblem,
@@ -17,9 +17,9 @@ from vtlm_fairseq.data.conceptual_captions import (
     parse_split_args,
     split_name_of,
 )
-from vtlm_fairseq.data.corpus import CorpusError
+from vtlm_fairseq.text.corpus import CorpusError
 from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreWriter
-from vtlm_fairseq.data.preparation import PrepareConfig, normalize_pretokenized_lines, prepare
+from vtlm_fairseq.text.preparation import PrepareConfig, normalize_pretokenized_lines, prepare
 
 
 def row(image_id, url=None, en=None, de=None) -> str:

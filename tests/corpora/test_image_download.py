@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from vtlm_fairseq.data import image_download
-from vtlm_fairseq.data.image_download import (
+from vtlm_fairseq.corpora import image_download
+from vtlm_fairseq.corpora.image_download import (
     DownloadConfig,
     DownloadJob,
     InvalidImage,

@@ -13,7 +13,7 @@ import pytest
 
 from tests.data.store_helpers import random_regions
 from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreError, partial_path
-from vtlm_fairseq.data.resumable_store import ResumableStoreBuilder, parts_dir
+from vtlm_fairseq.features.resumable_store import ResumableStoreBuilder, parts_dir
 
 R, D = 8, 64
 PART = 4
@@ -71,7 +71,7 @@ def _die_at(where, count):
     elif where == "add":
         fs.FeatureStoreWriter.add = dying(fs.FeatureStoreWriter.add, True)
     elif where == "rmtree":
-        import vtlm_fairseq.data.resumable_store as rs
+        import vtlm_fairseq.features.resumable_store as rs
 
         rs.shutil.rmtree = dying(rs.shutil.rmtree, False)
     else:

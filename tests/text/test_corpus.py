@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 
-from vtlm_fairseq.data.corpus import (
+from vtlm_fairseq.text.corpus import (
     CorpusError,
     check_parallel,
     discover_splits,

@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import shared_path
 from tests.data.store_helpers import random_regions
 from vtlm_fairseq.data.feature_store import FeatureStore, FeatureStoreError
-from vtlm_fairseq.data.reference_features import (
+from vtlm_fairseq.features.reference_features import (
     export_reference_pickles,
     import_reference_pickles,
     load_reference_pickle,
@@ -146,7 +146,7 @@ def test_num_detections_outside_the_file_is_broken(tmp_path, count):
 
 
 def test_failed_import_leaves_no_store(tmp_path, monkeypatch):
-    import vtlm_fairseq.data.reference_features as rf
+    import vtlm_fairseq.features.reference_features as rf
 
     rng = np.random.default_rng(0)
     pk = tmp_path / "pickles"

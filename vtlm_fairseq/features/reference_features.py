@@ -10,7 +10,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .feature_store import (
+from ..data.feature_store import (
     DEFAULT_NUM_CLASSES,
     FeatureStore,
     FeatureStoreError,
@@ -163,7 +163,7 @@ def import_reference_pickles(
     with more keeps its top ones by score); by default the most regions a
     sample of the pickles holds (an appended store keeps its own). The store
     appears only when the import is complete."""
-    from .corpus import read_order_file
+    from ..text.corpus import read_order_file
 
     if not Path(pickle_dir).is_dir():
         raise FeatureStoreError(f"{pickle_dir}: no such folder of pickles")

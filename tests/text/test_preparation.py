@@ -4,8 +4,8 @@ import json
 import pytest
 
 from tests.conftest import shared_path
-from vtlm_fairseq.data.corpus import CorpusError
-from vtlm_fairseq.data.preparation import PrepareConfig, prepare
+from vtlm_fairseq.text.corpus import CorpusError
+from vtlm_fairseq.text.preparation import PrepareConfig, prepare
 from vtlm_fairseq.toy_world import ToyWorldConfig, build_toy_world
 
 SMALL_WORLD = ToyWorldConfig(
