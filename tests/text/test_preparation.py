@@ -251,3 +251,61 @@ def test_gzip_in_one_language_plain_in_the_other_and_force_keeps_other_files(tmp
     prepare(cfg)
     assert not (data / "valid.en-de.en.bin").exists() and not (data / "old_split.en-de.en.bin").exists()
     assert (data / "notes.txt").read_text() == "mine"
+
+
+def _prepared_files(folder):
+    """Every output of a data-bin but the run's own log and settings."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in ("prepare.json", "preprocess.log")}  # fmt: skip
+
+
+def test_output_is_the_same_for_any_number_of_workers_and_chunks(toy_prepared, tmp_path):
+    """Text streams through the worker pool in chunks; the data-bin is the
+    one a single process writes, byte for byte."""
+    root, _ = toy_prepared
+    runs = {}
+    for workers, chunk_lines in ((1, 100000), (3, 7)):
+        dest = tmp_path / f"w{workers}"
+        prepare(PrepareConfig(raw_dir=str(root / "world" / "raw"), dest_dir=str(dest),
+                              image_splits_dir=str(root / "world" / "image_splits"), bpe_merges=200,
+                              workers=workers, chunk_lines=chunk_lines))  # fmt: skip
+        runs[workers] = _prepared_files(dest)
+    assert runs[1].keys() == runs[3].keys() and "train.en-de.de.bin" in runs[1]
+    for name, content in runs[1].items():
+        assert runs[3][name] == content, name
+    # and it is the module fixture's data-bin (workers 2, default chunks)
+    assert _prepared_files(root / "bin") == runs[1]
+
+
+def _synthetic_corpus(folder, pairs):
+    import random
+
+    rng = random.Random(pairs)
+    words = [f"w{i}x{i % 7}" for i in range(300)]
+    folder.mkdir()
+    for lang in ("en", "de"):
+        lines = (" ".join(rng.choices(words, k=12)) for _ in range(pairs))
+        (folder / f"train.{lang}").write_text("".join(line + "\n" for line in lines))
+    return folder
+
+
+def test_memory_does_not_grow_with_the_corpus(tmp_path):
+    """Nothing holds a corpus: the Python memory of a one-process run
+    (tokenisation, BPE learned and applied, fairseq-preprocess) grows by
+    less than 100 bytes per added sentence pair, where holding the text
+    alone would take over 250 (two str objects of some 80 characters).
+    What grows is fairseq-preprocess's index: each sentence's length, kept
+    until the .idx file is written."""
+    import tracemalloc
+
+    peaks = {}
+    for pairs in (2000, 8000):
+        raw = _synthetic_corpus(tmp_path / f"raw{pairs}", pairs)
+        tracemalloc.start()
+        prepare(PrepareConfig(raw_dir=str(raw), dest_dir=str(tmp_path / f"bin{pairs}"), bpe_merges=100,
+                              pretokenized=["en", "de"], workers=1, chunk_lines=500))  # fmt: skip
+        peaks[pairs] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    text_per_pair = sum(p.stat().st_size for p in (tmp_path / "raw8000").iterdir()) / 8000
+    assert text_per_pair > 150  # so that a held corpus would show
+    assert (peaks[8000] - peaks[2000]) / 6000 < 100, peaks

@@ -4,8 +4,10 @@ line, as the reference's ``bpe50k.codes``) are applied too, with the same
 result as fastBPE: both merge the lowest-ranked pair first and mark a word's
 end by ``</w>`` on its last symbol (subword-nmt's codes version 0.2)."""
 
+import hashlib
 import io
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, List
 
@@ -78,7 +80,15 @@ class BPEApplier:
         return [self._bpe.process_line(line) for line in lines]
 
 
+@lru_cache(maxsize=4)
+def _applier(codes_path: str, digest: str) -> BPEApplier:
+    return BPEApplier(Path(codes_path))
+
+
 def apply_bpe_lines(args):
-    """Pool-friendly: (codes_path, lines) -> segmented lines."""
+    """Pool-friendly: (codes_path, lines) -> segmented lines. The codes are
+    parsed once per process and codes file (by content: a rerun may rewrite
+    the same path), not once per chunk of lines."""
     codes_path, lines = args
-    return BPEApplier(Path(codes_path))(lines)
+    digest = hashlib.sha1(Path(codes_path).read_bytes()).hexdigest()
+    return _applier(str(codes_path), digest)(lines)

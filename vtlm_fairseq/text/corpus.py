@@ -4,7 +4,7 @@ the file and line of every problem."""
 import gzip
 import zlib
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import InputError
 
@@ -22,13 +22,13 @@ def open_binary(path):
     return gzip.open(path, "rb") if is_gzip else open(path, "rb")
 
 
-def read_lines(path, allow_empty: bool = False) -> List[str]:
-    """All lines of a UTF-8 text file (plain or gzipped), without line endings.
+def iter_lines(path, allow_empty: bool = False) -> Iterator[str]:
+    """The lines of a UTF-8 text file (plain or gzipped), one at a time,
+    without line endings: a corpus of any size in constant memory.
 
     Raises CorpusError naming the file and line on undecodable bytes and,
     unless ``allow_empty``, on empty or blank lines.
     """
-    lines = []
     try:
         with open_binary(path) as f:
             for lineno, raw in enumerate(f, start=1):
@@ -42,29 +42,61 @@ def read_lines(path, allow_empty: bool = False) -> List[str]:
                     ) from None
                 if not allow_empty and not line.strip():
                     raise CorpusError(f"{path}:{lineno}: empty line")
-                lines.append(line)
+                yield line
     except (OSError, EOFError, zlib.error) as e:
         if isinstance(e, FileNotFoundError):
             raise CorpusError(f"{path}: no such file") from None
         raise CorpusError(f"{path}: cannot be read ({e})") from None
-    return lines
+
+
+def read_lines(path, allow_empty: bool = False) -> List[str]:
+    """All lines of a file, as ``iter_lines`` reads them, in a list."""
+    return list(iter_lines(path, allow_empty))
+
+
+def _count_mismatch(counts: Dict[str, int]) -> CorpusError:
+    """The error for files (path -> line count) of unequal length: the first
+    line without a partner, in the longer of the first file and the other."""
+    (first_path, first_n), *others = counts.items()
+    path, n = next((p, n) for p, n in others if n != first_n)
+    (short, short_n), (long_, long_n) = sorted([(first_path, first_n), (path, n)], key=lambda x: x[1])
+    return CorpusError(
+        f"{long_}:{short_n + 1}: line has no counterpart in {short} "
+        f"({long_} has {long_n} lines, {short} has {short_n})"
+    )
 
 
 def check_parallel(files: Dict[str, Sequence]) -> None:
     """Raises CorpusError unless every file (path -> lines) has as many lines
     as the first one; the message names the first line without a partner."""
-    items = list(files.items())
-    first_path, first_lines = items[0]
-    for path, lines in items[1:]:
-        if len(lines) == len(first_lines):
-            continue
-        short, long_ = sorted(
-            [(first_path, len(first_lines)), (path, len(lines))], key=lambda x: x[1]
-        )
-        raise CorpusError(
-            f"{long_[0]}:{short[1] + 1}: line has no counterpart in {short[0]} "
-            f"({long_[0]} has {long_[1]} lines, {short[0]} has {short[1]})"
-        )
+    counts = {path: len(lines) for path, lines in files.items()}
+    if len(set(counts.values())) > 1:
+        raise _count_mismatch(counts)
+
+
+_END = object()  # a file's end, in iter_parallel
+
+
+def iter_parallel(files: Dict[str, Iterable[str]]) -> Iterator[Tuple[str, ...]]:
+    """The files' lines side by side (path -> its lines, e.g. ``iter_lines``),
+    streamed; when one file ends before another, CorpusError as
+    ``check_parallel`` words it (the longer files are counted to their end)."""
+    paths = list(files)
+    iterators = [iter(lines) for lines in files.values()]
+    count = 0
+    while True:
+        row = []
+        for it in iterators:
+            line = next(it, _END)
+            row.append(line)
+        if all(line is _END for line in row):
+            return
+        if any(line is _END for line in row):
+            counts = {p: count + (line is not _END) + sum(1 for _ in it)
+                      for p, line, it in zip(paths, row, iterators)}  # fmt: skip
+            raise _count_mismatch(counts)
+        count += 1
+        yield tuple(row)
 
 
 def image_file_name(order_entry: str) -> str:
@@ -73,14 +105,19 @@ def image_file_name(order_entry: str) -> str:
     return order_entry.split("#", 1)[0]
 
 
-def read_order_file(path) -> List[str]:
+def iter_order_file(path) -> Iterator[str]:
     """Image names of an order file (line i = sentence pair i), without the
-    COCO ``#caption`` suffix; whitespace around a name is an error."""
-    names = read_lines(path)
-    for lineno, name in enumerate(names, start=1):
+    COCO ``#caption`` suffix, one at a time; whitespace around a name is an
+    error."""
+    for lineno, name in enumerate(iter_lines(path), start=1):
         if name != name.strip() or any(c.isspace() for c in name):
             raise CorpusError(f"{path}:{lineno}: image name contains whitespace: {name!r}")
-    return [image_file_name(n) for n in names]
+        yield image_file_name(name)
+
+
+def read_order_file(path) -> List[str]:
+    """All the names ``iter_order_file`` reads, in a list."""
+    return list(iter_order_file(path))
 
 
 def find_text_file(directory, split: str, lang: str) -> Optional[Path]:

@@ -4,25 +4,28 @@ BPE, ``fairseq-preprocess`` with a joined dictionary, and one ``{split}.order``
 file per split next to the binarised text."""
 
 import io
+import itertools
 import json
 import logging
 import os
 import re
 import shutil
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 from .bpe import apply_bpe_lines, learn_joint_bpe, read_codes
 from .corpus import (
     CorpusError,
-    check_parallel,
     discover_splits,
     find_text_file,
+    iter_lines,
+    iter_order_file,
+    iter_parallel,
     read_lines,
-    read_order_file,
 )
 from .tokenization import moses_languages, normalize_pretokenized_lines, tokenize_lines
 
@@ -59,6 +62,8 @@ class PrepareConfig:
     dictionary: Optional[str] = None
     workers: int = max(1, min(4, os.cpu_count() or 1))
     force: bool = False
+    # lines per chunk handed to a worker (the output does not depend on it)
+    chunk_lines: int = 4000
 
 
 @dataclass
@@ -111,28 +116,41 @@ def resolve_splits(cfg: PrepareConfig) -> List[SplitSource]:
     return sources
 
 
-def _chunks(lines, n):
-    size = max(1, (len(lines) + n - 1) // n)
-    return [lines[i : i + size] for i in range(0, len(lines), size)]
+def _batches(lines: Iterable[str], size: int) -> Iterator[List[str]]:
+    it = iter(lines)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
-def _parallel_map(pool, fn, const, lines, n):
-    if not lines:
-        return []
-    out = pool.map(fn, [(*const, chunk) for chunk in _chunks(lines, n)])
-    return [line for chunk in out for line in chunk]
+def _ordered_map(pool, fn, const: tuple, lines: Iterable[str], chunk_lines: int, workers: int) -> Iterator[str]:
+    """fn((*const, chunk)) over the lines in chunks, results in input order,
+    with at most two chunks per worker in flight (Pool.imap would read the
+    whole input ahead into its task queue): the output is the same for any
+    number of workers. Without a pool, in this process."""
+    if pool is None:
+        for batch in _batches(lines, chunk_lines):
+            yield from fn((*const, batch))
+        return
+    pending: deque = deque()
+    for batch in _batches(lines, chunk_lines):
+        pending.append(pool.apply_async(fn, ((*const, batch),)))
+        if len(pending) >= 2 * workers:
+            yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
 
 
-def _write_lines(path: Path, lines):
+def _write_lines(path: Path, lines: Iterable[str], source: Optional[Path] = None) -> int:
+    """Writes the lines (one per line), returns how many; with ``source``,
+    an empty line is an error naming that file and line (text that
+    tokenisation emptied)."""
+    count = 0
     with open(path, "w", encoding="utf-8") as f:
-        for line in lines:
+        for count, line in enumerate(lines, start=1):
+            if source is not None and not line:
+                raise CorpusError(f"{source}:{count}: nothing left after tokenisation")
             f.write(line + "\n")
-
-
-def _check_not_emptied(source: Path, lines):
-    for lineno, line in enumerate(lines, start=1):
-        if not line:
-            raise CorpusError(f"{source}:{lineno}: nothing left after tokenisation")
+    return count
 
 
 def check_dictionary(path) -> int:
@@ -172,6 +190,8 @@ def check_config(cfg: PrepareConfig) -> None:
         raise CorpusError(f"pretokenized languages {cfg.pretokenized} must be {cfg.src} or {cfg.tgt}")
     if cfg.workers < 1:
         raise CorpusError(f"--workers {cfg.workers}: at least 1 process is needed")
+    if cfg.chunk_lines < 1:
+        raise CorpusError(f"chunk_lines {cfg.chunk_lines}: at least 1 line per chunk is needed")
     if cfg.bpe_codes:
         read_codes(cfg.bpe_codes)
     elif cfg.bpe_merges < 1:
@@ -200,85 +220,78 @@ def _remove_outputs(dest: Path) -> None:
                 path.unlink()
 
 
+def _check_split(cfg: PrepareConfig, split: SplitSource) -> int:
+    """Reads a split's files side by side (text of both languages, image
+    list) with every check of the input; returns its number of pairs."""
+    files = {str(split.text[lang]): iter_lines(split.text[lang]) for lang in (cfg.src, cfg.tgt)}
+    if split.order is not None:
+        files[str(split.order)] = iter_order_file(split.order)
+    pairs = sum(1 for _ in iter_parallel(files))
+    if not pairs:
+        raise CorpusError(f"{split.text[cfg.src]}: empty file (split {split.name})")
+    logger.info("split %s: %d sentence pairs%s", split.name, pairs, f", images from {split.order}" if split.order else "")
+    return pairs
+
+
 def prepare(cfg: PrepareConfig) -> dict:
     start = time.time()
     dest = Path(cfg.dest_dir)
     check_config(cfg)
     sources = resolve_splits(cfg)
 
-    # Read and check everything before any slow step (and before --force
-    # removes the old data-bin).
-    raw: Dict[str, Dict[str, List[str]]] = {}
-    orders: Dict[str, List[str]] = {}
-    for s in sources:
-        raw[s.name] = {lang: read_lines(p) for lang, p in s.text.items()}
-        checked = {str(s.text[lang]): raw[s.name][lang] for lang in (cfg.src, cfg.tgt)}
-        if s.order is not None:
-            orders[s.name] = read_order_file(s.order)
-            checked[str(s.order)] = orders[s.name]
-        for path, lines in checked.items():
-            if not lines:
-                raise CorpusError(f"{path}: empty file (split {s.name})")
-        check_parallel(checked)
-        logger.info(
-            "split %s: %d sentence pairs%s",
-            s.name,
-            len(raw[s.name][cfg.src]),
-            f", images from {s.order}" if s.order else "",
-        )
+    # Check everything before any slow step (and before --force removes the
+    # old data-bin): streamed, a pass over every file, nothing held
+    pairs = {s.name: _check_split(cfg, s) for s in sources}
     if cfg.force and dest.is_dir():
         _remove_outputs(dest)
 
     for sub in ("tok", "bpe"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
 
-    with Pool(cfg.workers) as pool:
-        tok: Dict[str, Dict[str, List[str]]] = {}
+    pool = Pool(cfg.workers) if cfg.workers > 1 else None
+    try:
         for s in sources:
-            tok[s.name] = {}
             for lang in (cfg.src, cfg.tgt):
-                lines = _parallel_map(
-                    pool,
-                    normalize_pretokenized_lines if lang in cfg.pretokenized else tokenize_lines,
-                    (lang, cfg.lowercase, cfg.strip_accents),
-                    raw[s.name][lang],
-                    cfg.workers,
-                )
-                _check_not_emptied(s.text[lang], lines)
-                _write_lines(dest / "tok" / f"{s.name}.{lang}", lines)
-                tok[s.name][lang] = lines
+                tokenize = normalize_pretokenized_lines if lang in cfg.pretokenized else tokenize_lines
+                lines = _ordered_map(pool, tokenize, (lang, cfg.lowercase, cfg.strip_accents),
+                                     iter_lines(s.text[lang]), cfg.chunk_lines, cfg.workers)  # fmt: skip
+                _write_lines(dest / "tok" / f"{s.name}.{lang}", lines, source=s.text[lang])
         logger.info("tokenised %d splits (%.1fs)", len(sources), time.time() - start)
 
         codes = dest / "bpe.codes"
         if cfg.bpe_codes:
             shutil.copyfile(cfg.bpe_codes, codes)
         else:
-            learned = learn_joint_bpe([tok["train"][cfg.src], tok["train"][cfg.tgt]], codes, cfg.bpe_merges)
+            train = [dest / "tok" / f"train.{lang}" for lang in (cfg.src, cfg.tgt)]
+            learned = learn_joint_bpe([iter_lines(path) for path in train], codes, cfg.bpe_merges)
             if not learned:
-                train = " and ".join(str(dest / "tok" / f"train.{lang}") for lang in (cfg.src, cfg.tgt))
                 raise CorpusError(
-                    f"{train}: no pair of symbols occurs twice in the training text: no BPE merge to learn "
-                    "(give more text, or codes with --bpe-codes)"
+                    f"{' and '.join(map(str, train))}: no pair of symbols occurs twice in the training text: "
+                    "no BPE merge to learn (give more text, or codes with --bpe-codes)"
                 )
             logger.info("learned %d joint BPE merges on train (of --bpe-merges %d)", learned, cfg.bpe_merges)
         for s in sources:
             for lang in (cfg.src, cfg.tgt):
-                lines = _parallel_map(
-                    pool, apply_bpe_lines, (str(codes),), tok[s.name][lang], cfg.workers
-                )
+                tok = iter_lines(dest / "tok" / f"{s.name}.{lang}")
+                lines = _ordered_map(pool, apply_bpe_lines, (str(codes),), tok, cfg.chunk_lines, cfg.workers)
                 _write_lines(dest / "bpe" / f"{s.name}.{lang}", lines)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
     logger.info("applied BPE (%.1fs)", time.time() - start)
 
     _binarize(cfg, dest, [s.name for s in sources])
 
-    for name, names in orders.items():
-        _write_lines(dest / f"{name}.order", names)
+    for s in sources:
+        if s.order is not None:
+            _write_lines(dest / f"{s.name}.order", iter_order_file(s.order))
 
     manifest = {
         "config": asdict(cfg),
         "splits": {
             s.name: {
-                "pairs": len(raw[s.name][cfg.src]),
+                "pairs": pairs[s.name],
                 "text": {lang: str(Path(p).resolve()) for lang, p in s.text.items()},
                 "order": str(Path(s.order).resolve()) if s.order else None,
             }
