@@ -222,3 +222,18 @@ def test_loader_workers_follow_the_epoch(vtlm):
             assert torch.equal(seen[epoch][i][: len(src)], src)
     assert itr.epoch == 2
     assert any(not torch.equal(seen[1][i], seen[2][i]) for i in seen[1])
+
+
+def test_text_batch_is_fairseqs_collation(vtlm):
+    """The collater pads in one op; the result is fairseq's collate_tokens."""
+    from fairseq.data import data_utils
+
+    _, task = vtlm
+    ds = task.dataset("train")
+    items = [ds[i] for i in range(0, 200, 7)]
+    batch = ds.collater(items)
+    pad = task.dictionary.pad()
+    net = batch["net_input"]
+    for got, key, fill in ((net["src_tokens"], "source", pad), (net["src_langs"], "langs", 0),
+                           (net["src_positions"], "positions", 0), (batch["target"], "target", pad)):  # fmt: skip
+        assert torch.equal(got, data_utils.collate_tokens([s[key] for s in items], fill)), key

@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from .chunk_reads import DirectRows
 
 logger = logging.getLogger(__name__)
 
@@ -517,6 +518,8 @@ class FeatureStore(_StoreReads):
         self._file: Optional[h5py.File] = None
         self._pid: Optional[int] = None
         self._datasets: Dict[str, h5py.Dataset] = {}
+        self._fd: Optional[int] = None
+        self._direct: Dict[str, Optional[DirectRows]] = {}
         # loaded on first use, in each process: the name index, the region
         # counts (2 bytes per image) and the list of names
         self._lookup: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -557,7 +560,19 @@ class FeatureStore(_StoreReads):
             self._pid = os.getpid()
             # looked up once: h5py's lookup by name costs several times a row's read
             self._datasets = {key: self._file[key] for key in _ROW_KEYS}
+            # rows read with one pread each where the layout allows (chunk_reads)
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._direct = {key: DirectRows.of(d, self._fd) for key, d in self._datasets.items()}
         return self._file
+
+    def _rows(self, key: str, row: int, n: int) -> np.ndarray:
+        """The first n entries of a row of a dataset."""
+        direct = self._direct[key]
+        if direct is not None:
+            out = direct.read(row, n)
+            if out is not None:
+                return out
+        return self._datasets[key][row, :n]
 
     @property
     def is_open(self) -> bool:
@@ -566,12 +581,14 @@ class FeatureStore(_StoreReads):
     def close(self):
         if self.is_open:
             self._file.close()
+            os.close(self._fd)
         self._file = None
-        self._datasets = {}
+        self._datasets, self._direct = {}, {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_file=None, _pid=None, _datasets={}, _lookup=None, _counts=None, _names=None)
+        state.update(_file=None, _pid=None, _datasets={}, _direct={}, _fd=None, _lookup=None, _counts=None,
+                     _names=None)  # fmt: skip
         return state
 
     # -- lookup --
@@ -606,10 +623,9 @@ class FeatureStore(_StoreReads):
 
     def read_row(self, row: int) -> RegionFeatures:
         self._h5()
-        d = self._datasets
         n = int(self.region_counts[row])
         k = self.num_regions
-        scores = d["scores"][row, :n]
+        scores = self._rows("scores", row, n)
         if n > k:  # the top k by score: a prefix when the detector stored them by score
             keep = np.sort(np.argsort(-scores, kind="stable")[:k])
             if keep[-1] == k - 1:
@@ -618,9 +634,9 @@ class FeatureStore(_StoreReads):
         else:
             keep = slice(None)
         regions = RegionFeatures(
-            features=d["features"][row, :n][keep],
-            boxes=d["boxes"][row, :n][keep],
-            classes=d["classes"][row, :n][keep],
+            features=self._rows("features", row, n)[keep],
+            boxes=self._rows("boxes", row, n)[keep],
+            classes=self._rows("classes", row, n)[keep],
             scores=scores,
         )
         if not self._features_checked and not np.isfinite(regions.features).all():

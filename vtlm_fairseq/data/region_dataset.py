@@ -36,19 +36,23 @@ def region_item(regions: RegionFeatures, slots: int) -> dict:
 
 
 def _padded(tensors, rows: int) -> torch.Tensor:
-    """The tensors' first ``rows`` rows stacked, zero-padded: one copy each.
-    In a DataLoader worker the batch is made in shared memory, as torch's
-    default_collate does, so handing it to the trainer copies nothing."""
+    """The tensors' first ``rows`` rows stacked, zero-padded: one copy each
+    (one op when none needs padding, as with a detector's fixed region
+    count). In a DataLoader worker the batch is made in shared memory, as
+    torch's default_collate does, so handing it to the trainer copies
+    nothing."""
+    tensors = [t if len(t) == rows else t[:rows] for t in tensors]
     shape = (len(tensors), rows) + tuple(tensors[0].shape[1:])
+    first = tensors[0]
     if torch.utils.data.get_worker_info() is not None:
-        first = tensors[0]
-        out = first.new(first._typed_storage()._new_shared(math.prod(shape), device=first.device))
-        out = out.resize_(shape).zero_()
+        out = first.new(first._typed_storage()._new_shared(math.prod(shape), device=first.device)).resize_(shape)
     else:
-        out = tensors[0].new_zeros(shape)
+        out = first.new_empty(shape)
+    if all(len(t) == rows for t in tensors):
+        return torch.stack(tensors, out=out)
+    out.zero_()
     for i, t in enumerate(tensors):
-        n = min(len(t), rows)
-        out[i, :n] = t[:n]
+        out[i, : len(t)] = t
     return out
 
 
@@ -57,7 +61,7 @@ def collate_regions(samples) -> dict:
     batch has."""
     if not samples:
         return {}
-    width = max(int(s["mask"].sum()) for s in samples)
+    width = max(int(np.count_nonzero(s["mask"].numpy())) for s in samples)
     return {key: _padded([s[key] for s in samples], width) for key in samples[0]}
 
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import numpy as np
 import torch
-from fairseq.data import FairseqDataset, data_utils
+from fairseq.data import FairseqDataset
 
 from ..errors import InputError
 from .batching import KeepAllBatchesMixin, first_epoch_seed
@@ -30,6 +30,12 @@ class MaskingSettings:
         self.region_probs = check_probs(self.region_probs, "region mask probabilities")
         if self.region_mask_type not in ("mask", "zero"):
             raise InputError(f"region mask type must be 'mask' or 'zero': {self.region_mask_type}")
+
+
+def _pad_right(values: List[torch.Tensor], pad: int) -> torch.Tensor:
+    """fairseq's data_utils.collate_tokens(values, pad) (right padding), in
+    one op instead of a Python copy per sentence."""
+    return torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=pad)
 
 
 class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
@@ -165,17 +171,17 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
             return {}
         pad = self.pad
         ids = torch.LongTensor([s["id"] for s in samples])
-        source = data_utils.collate_tokens([s["source"] for s in samples], pad)
+        source = _pad_right([s["source"] for s in samples], pad)
         batch = {
             "id": ids,
             "nsentences": len(samples),
             "net_input": {
                 "src_tokens": source,
                 "src_lengths": torch.LongTensor([len(s["source"]) for s in samples]),
-                "src_langs": data_utils.collate_tokens([s["langs"] for s in samples], 0),
-                "src_positions": data_utils.collate_tokens([s["positions"] for s in samples], 0),
+                "src_langs": _pad_right([s["langs"] for s in samples], 0),
+                "src_positions": _pad_right([s["positions"] for s in samples], 0),
             },
-            "target": data_utils.collate_tokens([s["target"] for s in samples], pad),
+            "target": _pad_right([s["target"] for s in samples], pad),
         }
         batch["ntokens"] = int(source.ne(pad).sum())
         if self.regions is not None:
@@ -194,13 +200,15 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         # drawn from a generator seeded by the batch's first pair
         rng = self._rng(self.pair_indices[int(ids[0])], 1)
         sources = torch.from_numpy(swap_sources(rng, cat, regions["mask"].numpy()))
-        swap = sources >= 0
-        if swap.any():
+        # rows addressed by their flat index: a boolean mask over the batch
+        # would scan all of its features
+        flat = features.view(-1, features.shape[-1])
+        swap = torch.nonzero(sources.view(-1) >= 0).squeeze(1)
+        if len(swap):
             # the gather copies every source row before any row is overwritten
-            flat = features.view(-1, features.shape[-1])
-            features[swap] = flat[sources[swap]]
+            flat[swap] = flat[sources.view(-1)[swap]]
         masked = category == MASK
-        features[masked] = 0.0
+        flat[torch.nonzero(masked.view(-1)).squeeze(1)] = 0.0
         target = torch.where(category != NOT_SELECTED, regions["classes"], -1)
         region_input = {
             "region_features": features,
