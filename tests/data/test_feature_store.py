@@ -406,3 +406,26 @@ def test_max_regions_serves_the_top_k_by_score(tmp_path, sorted_by_score):
     assert FeatureStore(tmp_path / "s.h5", max_regions=99).num_regions == R
     with pytest.raises(FeatureStoreError, match="--max-regions must be at least 1"):
         FeatureStore(tmp_path / "s.h5", max_regions=0)
+
+
+def test_rows_written_in_blocks_read_back_across_block_edges(tmp_path):
+    """The writer gathers rows into blocks; stores of more than a block, and
+    appends that start mid-block, read back row for row."""
+    from vtlm_fairseq.data.feature_store import _RowBlock
+
+    rng = np.random.default_rng(5)
+    block = _RowBlock.ROWS
+    counts = rng.integers(0, R + 1, 2 * block + 37)
+    written = make_store(tmp_path / "s.h5", counts=counts[: block + 3], dtype="float32")
+    more = {}
+    with FeatureStoreWriter(tmp_path / "s.h5", append=True) as w:
+        for i, n in enumerate(counts[block + 3 :]):
+            more[f"more{i}.jpg"] = random_regions(rng, int(n), D)
+            w.add(f"more{i}.jpg", more[f"more{i}.jpg"])
+    store = FeatureStore(tmp_path / "s.h5")
+    assert len(store) == len(counts) and store.validated
+    for name, regions in {**written, **more}.items():
+        got = store.read(name)
+        assert len(got) == len(regions)
+        np.testing.assert_array_equal(got.features, regions.features)
+        np.testing.assert_array_equal(got.classes, regions.classes)

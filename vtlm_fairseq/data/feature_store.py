@@ -184,6 +184,7 @@ class FeatureStoreWriter:
         self.path = Path(path)
         self.partial = partial_path(self.path)
         self._file = None
+        self._block: Optional[_RowBlock] = None
         if self.path.is_dir():
             raise FeatureStoreError(f"{self.path}: is a folder, not a store file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -257,25 +258,23 @@ class FeatureStoreWriter:
                 f"{where}: {n} regions, the store holds at most {self.num_regions}"
             )
         check_regions(regions, where, self.num_classes, self.feature_dim)
-        f, i = self._file, self._count
-        if i >= f["names"].shape[0]:
-            for key in _ALL_KEYS:
-                f[key].resize(i + _GROW_BY, axis=0)
-        R = self.num_regions
-        f["names"][i] = name
-        f["features"][i] = _pad(regions.features, R)
-        f["boxes"][i] = _pad(regions.boxes, R)
-        f["classes"][i] = _pad(regions.classes, R)
-        f["scores"][i] = _pad(regions.scores, R)
-        f["num_regions"][i] = n
-        self._names[name] = i
-        self._count = i + 1
+        # rows are gathered and written in blocks: a row at a time, h5py's
+        # per-call overhead (six datasets) was most of the writing time
+        if self._block is None:
+            self._block = _RowBlock(self._file, self.num_regions)
+        self._block.add(name, regions)
+        self._names[name] = self._count
+        self._count += 1
+        if self._block.full:
+            self._block.flush(self._file, self._count)
 
     def close(self) -> None:
         """Marks the store complete and renames it into place."""
         if self._file is None:
             return
         f = self._file
+        if self._block is not None:
+            self._block.flush(f, self._count)
         for key in _ALL_KEYS:
             f[key].resize(self._count, axis=0)
         f.attrs["count"] = self._count
@@ -312,12 +311,44 @@ class FeatureStoreWriter:
             self.abort()
 
 
-def _pad(array: np.ndarray, rows: int) -> np.ndarray:
-    if len(array) == rows:
-        return array
-    out = np.zeros((rows,) + array.shape[1:], dtype=array.dtype)
-    out[: len(array)] = array
-    return out
+class _RowBlock:
+    """Rows gathered for one write per dataset: the next ``ROWS`` images,
+    padded to the store's region slots."""
+
+    ROWS = 256  # 256 images of 36 x 1536 float16: 28 MB held at most
+
+    def __init__(self, f: h5py.File, slots: int):
+        self.arrays = {key: np.zeros((self.ROWS,) + f[key].shape[1:], dtype=f[key].dtype) for key in _ROW_KEYS}
+        self.counts = np.zeros(self.ROWS, dtype=np.int16)
+        self.names: List[str] = []
+        self.slots = slots
+
+    @property
+    def full(self) -> bool:
+        return len(self.names) == self.ROWS
+
+    def add(self, name: str, regions: RegionFeatures) -> None:
+        i, n = len(self.names), len(regions.classes)
+        for key in _ROW_KEYS:
+            self.arrays[key][i, :n] = getattr(regions, key)
+            self.arrays[key][i, n:] = 0
+        self.counts[i] = n
+        self.names.append(name)
+
+    def flush(self, f: h5py.File, end: int) -> None:
+        """Writes the gathered rows as rows ``end - len(rows)`` to ``end``."""
+        k = len(self.names)
+        if not k:
+            return
+        start = end - k
+        if end > f["names"].shape[0]:
+            for key in _ALL_KEYS:
+                f[key].resize(max(end, f[key].shape[0] + _GROW_BY), axis=0)
+        f["names"][start:end] = np.array(self.names, dtype=object)
+        for key in _ROW_KEYS:
+            f[key][start:end] = self.arrays[key][:k]
+        f["num_regions"][start:end] = self.counts[:k]
+        self.names = []
 
 
 def _name_bytes(names) -> np.ndarray:
