@@ -10,6 +10,7 @@
 # SKIP_TLM=1 runs the two from-scratch systems only. SYSTEMS="a b" runs only
 # those (fairseq_translation ours_nmt tlm ours_nmt_from_tlm): several processes
 # with different SYSTEMS use several cores; a last run without it makes the table.
+# The table over several seeds: python benchmarks/multi30k_table.py WORK_SEED1 WORK_SEED2 ...
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-work_dirs/multi30k}"
@@ -68,21 +69,5 @@ train ours_nmt_from_tlm --user-dir "$ROOT/vtlm_fairseq" --task multimodal_transl
 translate ours_nmt_from_tlm --user-dir "$ROOT/vtlm_fairseq" --task multimodal_translation
 fi
 
-python - "$WORK/results" "$UPDATES" "$SEED" <<'PY'
-import json, sys
-from pathlib import Path
-res = Path(sys.argv[1])
-print(f"\n## Multi30k En-De test_2016_flickr, vtlm_translation_tiny, {sys.argv[2]} updates of 64 pairs, "
-      f"seed {sys.argv[3]}, beam 5\n")
-print("| system | BLEU (detok) | BLEU (tok, lc) | chrF |")
-print("|---|---|---|---|")
-for name, label in [("fairseq_translation", "fairseq `translation` task"),
-                    ("ours_nmt", "our `multimodal_translation`, no images"),
-                    ("ours_nmt_from_tlm", "ours, fine-tuned from TLM")]:
-    path = res / f"{name}.score.json"
-    if not path.exists():
-        continue
-    s = json.loads(path.read_text())
-    print(f"| {label} | {s['bleu_detok']:.2f} | {s['bleu_tok_lc']:.2f} | {s['chrf']:.2f} |")
-print("\nsignature:", s["bleu_detok_signature"])
-PY
+echo "## Multi30k En-De, vtlm_translation_tiny, $UPDATES updates of 64 pairs, seed $SEED, beam 5"
+python "$ROOT/benchmarks/multi30k_table.py" "$WORK"
