@@ -278,7 +278,7 @@ class FeatureStoreWriter:
         for key in _ALL_KEYS:
             f[key].resize(self._count, axis=0)
         f.attrs["count"] = self._count
-        names = _name_bytes(list(self._names))  # in row order
+        names = encode_names(list(self._names))  # in row order
         order = np.argsort(names, kind="stable")
         _write_name_index(f, names[order], order)
         if self._validated:
@@ -351,7 +351,11 @@ class _RowBlock:
         self.names = []
 
 
-def _name_bytes(names) -> np.ndarray:
+def _text(name) -> str:
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def encode_names(names) -> np.ndarray:
     """Names as a fixed-width bytes array (UTF-8), what searchsorted compares."""
     if isinstance(names, np.ndarray) and names.dtype.kind == "S":
         return names
@@ -388,7 +392,7 @@ def _validation_recorded(f: h5py.File, count: int) -> bool:
 def _sorted_index(names: np.ndarray, path) -> Tuple[np.ndarray, np.ndarray]:
     """(sorted names, their rows) of a ``names`` array in row order; raises on
     an empty or a repeated name (vectorised: no Python loop over rows)."""
-    names = _name_bytes(names)
+    names = encode_names(names)
     rows = np.argsort(names, kind="stable")
     ordered = names[rows]
     if len(ordered) and ordered[0] == b"":
@@ -404,7 +408,7 @@ def _sorted_index(names: np.ndarray, path) -> Tuple[np.ndarray, np.ndarray]:
 
 def _find_rows(sorted_names: np.ndarray, sorted_rows: np.ndarray, names) -> np.ndarray:
     """Rows of ``names`` (-1 where absent): one vectorised binary search."""
-    query = _name_bytes(names)
+    query = encode_names(names)
     if not len(sorted_names) or not len(query):
         return np.full(len(query), -1, dtype=np.int64)
     cut = query.astype(sorted_names.dtype)  # longer names than any stored one are cut, and so absent
@@ -512,7 +516,7 @@ class _StoreReads:
         if missing not in ("fail", "drop"):
             raise ValueError(f"missing must be 'fail' or 'drop', not {missing!r}")
         rows = self.find_rows(names)
-        absent = [(int(i) + 1, names[i]) for i in np.nonzero(rows < 0)[0]]
+        absent = [(int(i) + 1, _text(names[i])) for i in np.nonzero(rows < 0)[0]]
         if absent and missing == "fail":
             line, name = absent[0]
             more = f" ({len(absent) - 1} more images missing)" if len(absent) > 1 else ""

@@ -1,16 +1,17 @@
 """A fairseq dataset of image regions, aligned with sentence pairs through a
 split's order file (line i = image of sentence pair i)."""
 
+import itertools
 import logging
 import math
-from typing import List
+from typing import Sequence
 
 import numpy as np
 import torch
 from fairseq.data import FairseqDataset
 
-from ..text.corpus import read_order_file
-from .feature_store import FeatureStore, RegionFeatures
+from ..text.corpus import iter_order_file
+from .feature_store import FeatureStore, RegionFeatures, encode_names
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +80,16 @@ class RegionFeatureDataset(FairseqDataset):
     def __init__(
         self,
         store: FeatureStore,
-        image_names: List[str],
+        image_names: Sequence[str],
         source: str = "order file",
         missing: str = "fail",
     ):
         super().__init__()
         self.store = store
-        self.image_names = image_names
-        self.rows, absent = store.rows_for(image_names, source, missing)
+        # fixed-width UTF-8 bytes: a few bytes a pair, where a list of str
+        # costs some 70 (and is copied to every DataLoader worker)
+        self.image_names = encode_names(image_names)
+        self.rows, absent = store.rows_for(self.image_names, source, missing)
         self.kept_indices = np.nonzero(self.rows >= 0)[0]
         if absent:
             logger.warning(
@@ -103,7 +106,16 @@ class RegionFeatureDataset(FairseqDataset):
 
     @classmethod
     def from_order_file(cls, store: FeatureStore, order_path, missing: str = "fail"):
-        return cls(store, read_order_file(order_path), str(order_path), missing)
+        """The order file's names, read in chunks (never a list of them all)."""
+        chunks, names = [], iter_order_file(order_path)
+        while chunk := list(itertools.islice(names, 65536)):
+            chunks.append(encode_names(chunk))
+        names = np.concatenate(chunks) if chunks else encode_names([])
+        return cls(store, names, str(order_path), missing)
+
+    def image_name(self, index: int) -> str:
+        """The image name of sentence pair ``index`` (its order-file line)."""
+        return self.image_names[index].decode()
 
     def reorder_images(self, mode: str, seed: int = 1) -> None:
         """Incongruent images for controls and probes: 'shuffled' gives each
@@ -128,7 +140,7 @@ class RegionFeatureDataset(FairseqDataset):
         row = int(self.rows[index])
         if row < 0:
             raise IndexError(
-                f"sentence pair {index} has no image ('{self.image_names[index]}' is "
+                f"sentence pair {index} has no image ('{self.image_name(index)}' is "
                 f"not in {self.store.path}); it should have been dropped"
             )
         return region_tensors(self.store.read_row(row))

@@ -38,7 +38,7 @@ def region_attention(model, task, split: str, index: int, beam: int = 8) -> Dict
     share = over_regions.sum(-1)
     over_regions = over_regions / over_regions.sum(-1, keepdim=True).clamp(min=1e-9)
     pair = dataset.pair_index(index)
-    image_name = dataset.regions.image_names[pair]  # the task's image order is aligned here
+    image_name = dataset.regions.image_name(pair)  # the task's image order is aligned here
     regions = task.store.read_row(int(dataset.regions.rows[pair]))
     tgt_tokens = hypo["tokens"].tolist()
     return {
