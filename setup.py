@@ -26,6 +26,9 @@ setup(
     extras_require={
         # The TensorFlow object detector for region-feature extraction.
         "extract": ["tensorflow-cpu==2.21.0"],
+        # img2dataset, the engine of `vtlm-cc download` (it brings pandas,
+        # pyarrow, opencv and albumentations: not for the core install).
+        "download": ["img2dataset==1.47.0"],
     },
     entry_points={
         "console_scripts": [

@@ -17,10 +17,11 @@ want="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$want" ]; then
     echo "[setup] installing requirements into $VENV (one pip call: torch is pinned with fairseq)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    # The [extract] extra (tensorflow-cpu, for vtlm-extract-features; pinned in
-    # setup.py, which the stamp hashes) rides in the same call, so pip resolves
-    # it against the pinned torch, numpy and h5py.
-    "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt" -e "$ROOT[extract]"
+    # The [extract] extra (tensorflow-cpu, for vtlm-extract-features) and the
+    # [download] extra (img2dataset, for vtlm-cc download), both pinned in
+    # setup.py, which the stamp hashes, ride in the same call, so pip resolves
+    # them against the pinned torch, numpy and h5py.
+    "$VENV/bin/python" -m pip install --quiet -r "$ROOT/requirements.txt" -e "$ROOT[extract,download]"
     "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
     echo "$want" > "$STAMP"
 else

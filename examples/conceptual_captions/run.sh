@@ -13,7 +13,8 @@
 # detection_features). GPUS: GPUs for extraction and training (default 1).
 # BPE_CODES / DICTIONARY: reuse codes (subword-nmt or fastBPE, e.g. the
 # reference's bpe50k.codes) and a dictionary instead of learning 50k merges.
-# DOWNLOAD_ARGS: extra vtlm-cc download options (e.g. "--workers 128 --timeout 5").
+# DOWNLOAD_ARGS: extra vtlm-cc download options (e.g. "--processes 16 --threads 128
+# --timeout 5"); the download needs the [download] extra (pip install -e '.[download]').
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -30,7 +31,8 @@ stage() { echo; echo "[cc] $(date +%H:%M:%S) $*"; }
 
 stage "1/6 image download -> $IMAGES"
 # The marker is written only when a run gets through; until then each start
-# resumes (fetches what is missing, retries timeouts and 5xx, not 404s).
+# resumes (checks what a stopped run finished, fetches what is missing,
+# retries timeouts and 5xx, not 404s or broken files).
 if [ ! -f "$IMAGES/.complete" ]; then
     # shellcheck disable=SC2086
     vtlm-cc download "${TSVS[@]}" --out "$IMAGES" ${DOWNLOAD_ARGS:-} > "$WORK/download.json"

@@ -16,7 +16,7 @@ import pytest
 from tests.corpora.test_conceptual_captions import make_store
 from vtlm_fairseq.cli import conceptual_captions as cc
 from vtlm_fairseq.corpora.conceptual_captions import filter_splits
-from vtlm_fairseq.corpora.image_download import PART_SUFFIX, failure_kind
+from vtlm_fairseq.corpora.image_download import RECORDS_DIR
 
 VTLM_CC = str(Path(sys.executable).parent / "vtlm-cc")
 
@@ -97,26 +97,26 @@ def write_tsvs(directory: Path, url: str) -> list:
 def test_download_filter_prepare(server, tmp_path, capsys):
     tsvs = write_tsvs(tmp_path / "cc", server.url)
     images = tmp_path / "images"
-    quick = ["--timeout", "1", "--retries", "1", "--backoff", "0.01", "--max-bytes", "4K", "--no-progress"]
+    # two processes downloading (and checking) shards of three ids
+    quick = ["--processes", "2", "--threads", "4", "--shard-size", "3", "--timeout", "2", "--retries", "1",
+             "--max-bytes", "10K"]  # fmt: skip
     summary = summary_of(capsys, "download", *tsvs, "--out", images, *quick)
-    assert summary["malformed_lines"] == 3
-    assert summary["downloaded"] == 5 and summary["failed"] == 5
+    assert summary["malformed_lines"] == 3 and summary["ids"] == 10
+    assert summary["downloaded"] == 5 and summary["failed"] == 5 and summary["unfinished"] == 0
+    assert summary["failure_kinds"] == {"http 404": 2, "invalid_image": 2, "too_large": 1}
     assert sorted(p.name for p in images.glob("*.*g")) == ["1.jpg", "10.png", "20.png", "4.png", "8.png"]
-    report = [json.loads(line) for line in (images / "download_failures.jsonl").read_text().splitlines()]
-    assert {r["id"]: failure_kind(r["reason"]) for r in report} == {
-        "2": "http 404", "3": "not an image", "11": "http 404", "12": "too large", "21": "not an image",
-    }
-
-    hits = dict(server.hits)
-    again = summary_of(capsys, "download", *tsvs, "--out", images, *quick)
-    assert again["downloaded"] == 0 and again["already_present"] == 5 and again["skipped_failed_before"] == 5
-    assert dict(server.hits) == hits
+    assert server.hits["/flaky.png"] == 2  # 500, then the image
+    assert len(list((images / RECORDS_DIR / "run-0000").glob("*.images.parquet"))) == 4
 
     filtered = tmp_path / "filtered"
     result = summary_of(capsys, "filter", *tsvs, "--image-dir", images, "--out", filtered)
     lost = {split: s["lost"] for split, s in result["splits"].items()}
     assert lost == {"train": 5, "valid": 2, "test": 1}
     assert (filtered / "image_splits" / "train.txt").read_text().splitlines() == ["1.jpg", "4.png", "8.png"]
+    dropped = {line.split("\t")[1]: line.split("\t")[2] for line in (filtered / "dropped.tsv").read_text().splitlines()}
+    assert dropped["2"] == "no image (failed_to_download: HTTP Error 404: Not Found)"
+    assert dropped["3"] == "no image (invalid_image: not an image Pillow reads (starts with b'this is a text f'))"
+    assert dropped["12"].startswith("no image (too_large: ") and dropped["21"].startswith("no image (invalid_image: ")
 
     data = tmp_path / "data-bin"
     prepare = ["prepare", filtered, data, "--bpe-merges", "30", "--workers", "1"]
@@ -132,12 +132,43 @@ def test_download_filter_prepare(server, tmp_path, capsys):
     assert vtlm_cc(*prepare) == 2  # the data-bin is there: refused without --force
     assert summary_of(capsys, *prepare, "--force") == {"train": 3, "valid": 1, "test": 1}
 
+    # membership comes from the records: a file put there by hand for a
+    # failed id does not count, a recorded image that is gone is named
+    (images / "2.jpg").write_bytes((images / "1.jpg").read_bytes())
+    (images / "4.png").unlink()
+    again = tmp_path / "again"
+    result = summary_of(capsys, "filter", tsvs[0], "--image-dir", images, "--out", again)
+    assert (again / "image_splits" / "train.txt").read_text().splitlines() == ["1.jpg", "8.png"]
+    dropped = {line.split("\t")[1]: line.split("\t")[2] for line in (again / "dropped.tsv").read_text().splitlines()}
+    assert dropped["2"] == "no image (failed_to_download: HTTP Error 404: Not Found)"
+    assert dropped["4"] == "no image (downloaded as 4.png, which is gone)"
+    # without records, every image file counts
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name in ("1.jpg", "2.jpg", "8.png"):
+        (plain / name).write_bytes((images / name).read_bytes())
+    summary_of(capsys, "filter", tsvs[0], "--image-dir", plain, "--out", tmp_path / "from-files")
+    kept = (tmp_path / "from-files" / "image_splits" / "train.txt").read_text().splitlines()
+    assert kept == ["1.jpg", "2.jpg", "8.png"]
+
 
 def test_strict_download_stops_before_fetching(server, tmp_path, caplog):
     tsvs = write_tsvs(tmp_path / "cc", server.url)
-    assert vtlm_cc("download", *tsvs, "--out", tmp_path / "images", "--strict", "--no-progress") == 2
+    assert vtlm_cc("download", *tsvs, "--out", tmp_path / "images", "--strict") == 2
     assert "cc-en-de.tsv.train:5: bad URL 'ftp://example.org/5.jpg'" in caplog.text
     assert sum(server.hits.values()) == 0
+
+
+def test_download_without_img2dataset_is_one_line(tmp_path, monkeypatch, caplog):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "img2dataset" else real(name, *a))
+    tsv = tmp_path / "cc.tsv.train"
+    tsv.write_text("1\thttp://127.0.0.1:9/1.jpg\ta dog .\tEin Hund.\n", encoding="utf-8")
+    assert vtlm_cc("download", tsv, "--out", tmp_path / "images") == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["img2dataset is not installed; vtlm-cc download needs it: pip install -e '.[download]'"]
 
 
 def test_filter_needs_images_and_features_filter_alone(tmp_path, caplog, capsys):
@@ -198,14 +229,18 @@ BAD_INPUT = [
     ("download {w}/captions.csv --out {w}/o", "no usable line in 2; the first: {w}/captions.csv:1: expected 4 tab"),
     ("download {w}/cc.tsv.train --out {w}/o --max-bytes -5", "argument --max-bytes: not a size of at least 1 byte"),
     ("download {w}/cc.tsv.train --out {w}/o --max-bytes big", "argument --max-bytes: not a size"),
-    ("download {w}/cc.tsv.train --out {w}/o --workers 0", "argument --workers: must be an integer of at least 1"),
-    ("download {w}/cc.tsv.train --out {w}/o --workers -3", "argument --workers: must be an integer of at least 1"),
+    ("download {w}/cc.tsv.train --out {w}/o --processes 0", "argument --processes: must be an integer of at least 1"),
+    ("download {w}/cc.tsv.train --out {w}/o --threads -3", "argument --threads: must be an integer of at least 1"),
+    ("download {w}/cc.tsv.train --out {w}/o --shard-size 0", "argument --shard-size: must be an integer of at least 1"),
+    ("download {w}/cc.tsv.train --out {w}/o --distributor spark", "argument --distributor: invalid choice: 'spark'"),
+    ("download {w}/cc.tsv.train --out {w}/o --distributor ray", "--distributor ray: ray is not installed"),
+    ("download {w}/cc.tsv.train --out {w}/o --formats bmp", "argument --formats: invalid choice: 'bmp'"),
+    ("download {w}/cc.tsv.train --out {w}/o --workers 8", "unrecognized arguments: --workers 8"),
     ("download {w}/cc.tsv.train --out {w}/o --timeout -1", "argument --timeout: must be a number above 0"),
     ("download {w}/cc.tsv.train --out {w}/o --timeout 0", "argument --timeout: must be a number above 0"),
     ("download {w}/cc.tsv.train --out {w}/o --retries -1", "argument --retries: must be an integer of at least 0"),
     ("download {w}/cc.tsv.train --out {w}/file", "{w}/file: is a file, not a folder"),
     ("download {w}/cc.tsv.train --out {w}/file/sub", "{w}/file/sub: cannot be created as a folder"),
-    ("download {w}/cc.tsv.train --out {w}/o --report {w}/folder", "{w}/folder: the failure report cannot be written"),
     ("download {w}/cc.tsv.train", "the following arguments are required: --out"),
     ("download a/b={w}/cc.tsv.train --out {w}/o", "split name 'a/b' is not letters"),
     ("filter --out {w}/f --image-dir {w}/images", "the following arguments are required: TSV"),
@@ -262,9 +297,11 @@ def test_an_unreadable_folder_is_one_line(workspace, monkeypatch, caplog):
 # -- Ctrl-C --------------------------------------------------------------------
 
 def test_ctrl_c_during_download_is_one_line_and_a_rerun_continues(server, tmp_path, capsys):
-    """SIGINT while slow downloads run: exit 130 with one line and no
-    traceback, soon (the running attempts stop; no retry, no back-off), every
-    image and failure so far kept, no half file; a rerun fetches the rest."""
+    """Ctrl-C (SIGINT to the command's process group, as a terminal sends it)
+    while slow downloads run: exit 130 with one line and no traceback, soon
+    (img2dataset is stopped; the checkers finish their shard), the shards
+    done so far checked and recorded, nothing half done left behind; a
+    rerun fetches the rest."""
     fast = {"1": "/good.jpg", "2": "/good.png", "3": "/missing.jpg", "4": "/animation.gif"}
     slow = [str(k) for k in range(5, 9)]
     tsv = tmp_path / "cc.tsv.train"
@@ -272,34 +309,31 @@ def test_ctrl_c_during_download_is_one_line_and_a_rerun_continues(server, tmp_pa
     lines += [f"{i}\t{server.url}/slow.jpg\ta slow photo .\tEin langsames Foto." for i in slow]
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "images"
-    timeout, backoff = 2, 60  # without the stop, an interrupted run would sleep through the back-off
-    options = ["--out", str(out), "--workers", "2", "--retries", "2", "--backoff", str(backoff), "--no-progress"]
-    proc = subprocess.Popen([VTLM_CC, "download", str(tsv), *options, "--timeout", str(timeout)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    run = out / RECORDS_DIR / "run-0000"
+    options = ["--out", str(out), "--processes", "2", "--threads", "1", "--shard-size", "1", "--timeout", "30"]
+    proc = subprocess.Popen([VTLM_CC, "download", str(tsv), *options], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120  # the plugin's import takes seconds on a loaded machine
-        report = out / "download_failures.jsonl"
-        # the fast jobs come first in the TSV: once a slow one runs and the
-        # 404 is reported, the interrupt finds work done and work running
-        while not (server.hits["/slow.jpg"] and report.is_file() and report.read_text()):
+        # the fast ids come first: once they are recorded and a slow one
+        # runs, the interrupt finds work done and work running
+        while not (server.hits["/slow.jpg"] and len(list(run.glob("*.images.parquet"))) == len(fast)):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         interrupted = time.monotonic()
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert time.monotonic() - interrupted < timeout + 20, "the interrupt waited for the back-off"
+    assert time.monotonic() - interrupted < 20, "the interrupt waited for the slow downloads"
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted (Ctrl-C)" in stderr.strip().splitlines()[-1]
     assert stdout == ""  # no summary for an interrupted run
-    assert sorted(p.name for p in out.iterdir() if p.name.endswith(("g", "f"))) == ["1.jpg", "2.png", "4.gif"]
-    assert not [p for p in out.iterdir() if p.name.endswith(PART_SUFFIX)]
-    records = [json.loads(line) for line in report.read_text().splitlines()]  # valid JSON lines
-    assert [r["id"] for r in records] == ["3"]  # interrupted downloads are no failures
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["1.jpg", "2.png", "4.gif"]
+    assert not [p for p in run.iterdir() if p.is_dir()]  # the slow shards' folders are gone
+    assert server.hits["/slow.jpg"] <= len(slow)
 
     server.routes["/slow.jpg"] = server.routes["/good.jpg"]
     again = summary_of(capsys, "download", tsv, *options)
     assert again["downloaded"] == len(slow) and again["already_present"] == 3 and again["skipped_failed_before"] == 1
     assert {f"{i}.jpg" for i in slow} <= {p.name for p in out.iterdir()}
-

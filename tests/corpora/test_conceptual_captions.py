@@ -120,6 +120,20 @@ def test_filter_keeps_lines_aligned_in_their_splits(tmp_path):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_dropped_lines_name_the_download_record(tmp_path):
+    """With the download records' reasons, a line dropped for want of an
+    image says why the image is missing."""
+    tsvs = write_tsvs(tmp_path / "cc")
+    reasons = {"2": "failed_to_download: HTTP Error 404: Not Found", "11": "invalid_image: not an image"}
+    result = filter_splits(tsvs, tmp_path / "out", IMAGES, missing_reasons=reasons)
+    assert_aligned(tmp_path / "out", KEPT)  # membership is the images mapping's, as without reasons
+    dropped = (tmp_path / "out" / "dropped.tsv").read_text().splitlines()
+    assert f"{tsvs['train']}:2\t2\tno image (failed_to_download: HTTP Error 404: Not Found)" in dropped
+    assert f"{tsvs['valid']}:2\t11\tno image (invalid_image: not an image)" in dropped
+    assert f"{tsvs['test']}:1\t13\tno image (not downloaded)" in dropped
+    assert result.splits["valid"].no_image == 1
+
+
 def make_store(path, names):
     rng = np.random.default_rng(0)
     with FeatureStoreWriter(path, num_regions=4, feature_dim=8) as writer:

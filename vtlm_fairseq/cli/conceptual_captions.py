@@ -21,13 +21,18 @@ from ..corpora.conceptual_captions import (
 )
 from ..data.feature_store import open_store
 from ..corpora.image_download import (
-    FAILURE_REPORT,
+    DEFAULT_DISALLOWED_DIRECTIVES,
+    DISTRIBUTORS,
     IMAGE_EXTENSIONS,
+    INSTALL_HINT,
+    RECORDS_DIR,
     DownloadConfig,
     DownloadJob,
     download_images,
     index_image_names,
+    recorded_images,
     scan_image_dir,
+    unchecked_downloads,
 )
 from ..text.preparation import PrepareConfig, prepare
 from ..errors import InputError
@@ -105,48 +110,63 @@ def get_parser():
 
     dl = sub.add_parser(
         "download",
-        help="download the images of caption TSVs (concurrent, resumable)",
+        help="download the images of caption TSVs with img2dataset (resumable)",
         description=(
-            "Downloads each image of the TSVs to OUT/<id>.<ext> (extension from the "
-            "bytes: jpg, png, gif, webp), checks that it is a complete image, and "
-            f"reports every failure (id, url, reason) in OUT/{FAILURE_REPORT}. A rerun "
-            "fetches only what is missing; permanent failures (404, not an image, too "
-            "large, a redirect to anything but http(s)) are not tried again unless "
-            "--retry-failed, transient ones (timeouts, 5xx, connection errors) are. "
-            "Ctrl-C stops within --timeout seconds (exit status 130), keeping every "
-            "image and report line written so far; a rerun continues."
+            "Downloads each image of the TSVs with img2dataset (multiprocessing on "
+            "this machine, pyspark or ray across many; needs the [download] extra: "
+            f"{INSTALL_HINT}), keeping the bytes as served. Each file is checked "
+            "(its size, then a full decode with Pillow) and moved to OUT/<id>.<ext> "
+            "(extension from the bytes: jpg, png, gif, webp); every id's outcome "
+            f"(status, error) is recorded under OUT/{RECORDS_DIR}/, which "
+            "'vtlm-cc filter --image-dir OUT' reads. A rerun downloads the ids "
+            "without an image: transient failures (timeouts, 5xx, 408/429, "
+            "connection errors) are retried, permanent ones (other 4xx, refused "
+            "redirects, X-Robots-Tag refusals, invalid_image, too_large) only with "
+            "--retry-failed; an id whose URL changed is tried again. Stopped at any "
+            "moment (Ctrl-C: exit status 130, after checking the finished shards; "
+            "even killed), a rerun goes on without losing or counting twice."
         ),
     )
     dl.add_argument("tsvs", nargs="+", metavar="TSV", help=TSV_HELP)
     dl.add_argument("--out", required=True, dest="out_dir", help="image folder, created if needed (required)")
-    dl.add_argument("--workers", type=POSITIVE_INT, default=dl_defaults.workers,
-                    help="parallel downloads (default: %(default)s)")
+    dl.add_argument("--processes", type=POSITIVE_INT, default=dl_defaults.processes,
+                    help="img2dataset's download processes, and as many checking the downloaded files "
+                    "(default: the CPUs this process may use, %(default)s here)")
+    dl.add_argument("--threads", type=POSITIVE_INT, default=dl_defaults.threads,
+                    help="downloads at once in each process (default: %(default)s)")
+    dl.add_argument("--shard-size", type=POSITIVE_INT, default=dl_defaults.shard_size,
+                    help="ids per img2dataset shard, the unit that a stopped run keeps; each run may use "
+                    "another (default: %(default)s)")
+    dl.add_argument("--distributor", choices=DISTRIBUTORS, default=dl_defaults.distributor,
+                    help="img2dataset's distributor: multiprocessing on this machine; pyspark (the cluster "
+                    "PYSPARK_SUBMIT_ARGS names, else local) or ray (RAY_ADDRESS, else local), which need "
+                    "their package and OUT on a file system every machine sees (default: %(default)s)")
     dl.add_argument("--timeout", type=POSITIVE_SECONDS, default=dl_defaults.timeout,
-                    help="seconds per attempt: to connect, per wait, and for the whole transfer "
+                    help="seconds per socket operation: connecting and each read, not the whole transfer "
                     "(default: %(default)s)")
     dl.add_argument("--retries", type=COUNT, default=dl_defaults.retries,
-                    help="further attempts after a timeout, 5xx, 408/429 or connection error (default: %(default)s)")
-    dl.add_argument("--backoff", type=SECONDS, default=dl_defaults.backoff,
-                    help="seconds before the first retry; doubled after each (default: %(default)s)")
+                    help="immediate further attempts after any failure, a 404 too (default: %(default)s; "
+                    "a rerun retries the transient failures)")
     dl.add_argument("--max-bytes", type=parse_size, default=format_size(dl_defaults.max_bytes),
-                    help="largest file accepted, in bytes or with K, M, G (default: %(default)s)")
-    dl.add_argument("--max-redirects", type=COUNT, default=dl_defaults.max_redirects,
-                    help="redirects followed per image, each to an http(s) URL (default: %(default)s)")
+                    help="largest file kept, in bytes or with K, M, G; a larger one is downloaded, then "
+                    "refused as too_large (default: %(default)s)")
     dl.add_argument("--formats", nargs="+", choices=tuple(IMAGE_EXTENSIONS), default=list(dl_defaults.formats),
-                    help=f"image formats accepted (default: {' '.join(dl_defaults.formats)}, those the feature "
-                    "extractor decodes)")
-    dl.add_argument("--user-agent", default=dl_defaults.user_agent,
-                    help="User-Agent header of every request (default: %(default)r)")
-    dl.add_argument("--report", help=f"failure report, JSON lines (default: OUT/{FAILURE_REPORT})")
+                    help=f"image formats kept; others are invalid_image (default: {' '.join(dl_defaults.formats)}, "
+                    "those the feature extractor decodes)")
+    dl.add_argument("--user-agent-token", default=dl_defaults.user_agent_token,
+                    help="a token added to img2dataset's User-Agent, '(compatible; TOKEN; "
+                    "+https://github.com/rom1504/img2dataset)'; X-Robots-Tag directives for that token "
+                    "apply too (default: none)")
+    dl.add_argument("--disallowed-header-directives", nargs="*", metavar="DIRECTIVE",
+                    default=list(DEFAULT_DISALLOWED_DIRECTIVES),
+                    help="X-Robots-Tag directives that make a server's image off limits (a permanent failure); "
+                    "give the option with none to fetch regardless (default: %s)"
+                    % " ".join(DEFAULT_DISALLOWED_DIRECTIVES))
     dl.add_argument("--retry-failed", action="store_true",
-                    help="also retry earlier permanent failures (default: off)")
-    dl.add_argument("--verify-existing", action="store_true",
-                    help="re-check the images already there (reads every file) and replace broken ones "
-                    "(default: off, a file there counts as downloaded)")
+                    help="also retry earlier permanent failures: 4xx but 408/429, refused redirects, "
+                    "X-Robots-Tag refusals, invalid_image, too_large (default: off)")
     dl.add_argument("--strict", action="store_true",
-                    help="stop at the first malformed TSV line (default: off, such lines are counted and skipped)")
-    dl.add_argument("--no-progress", action="store_true",
-                    help="no progress bar (default: off, a bar on stderr when it is a terminal)")  # fmt: skip
+                    help="stop at the first malformed TSV line (default: off, such lines are counted and skipped)")  # fmt: skip
 
     flt = sub.add_parser(
         "filter",
@@ -155,7 +175,9 @@ def get_parser():
             "Writes OUT/raw/{split}.{en,de} and OUT/image_splits/{split}.txt (the "
             "image file names, <id>.<ext>) for every TSV, keeping each pair in its "
             "split and dropping the lines that are malformed or whose image is "
-            "missing (from --image-dir, or from --features when given). Also "
+            "missing (from --image-dir, or from --features when given; with the "
+            "records of 'vtlm-cc download', dropped.tsv names each missing image's "
+            "download status and error). Also "
             "OUT/images.txt (every image once: the feature extractor's list), "
             "OUT/dropped.tsv (every dropped line and why) and "
             f"OUT/{FILTER_REPORT} (pairs lost per split)."
@@ -164,8 +186,9 @@ def get_parser():
     flt.add_argument("tsvs", nargs="+", metavar="TSV", help=TSV_HELP)
     flt.add_argument("--out", required=True, dest="out_dir", help="output folder, created if needed (required)")
     flt.add_argument("--image-dir",
-                     help="the download folder, images named <id>.<ext> (default: none, the images of "
-                     "--features count; give either or both)")
+                     help="the download folder, images named <id>.<ext>: where it holds the records of "
+                     f"'vtlm-cc download' ({RECORDS_DIR}/), the images they record as downloaded, else every "
+                     "image file in it (default: none, the images of --features count; give either or both)")
     flt.add_argument("--features", help="feature store (HDF5; or a folder, manifest or list of shards read as one): keep only images that are in it (default: none)")
     flt.add_argument("--strict", action="store_true",
                      help="stop at the first malformed TSV line (default: off, such lines are dropped)")
@@ -219,38 +242,48 @@ def _tsv_splits(specs) -> dict:
     return tsvs
 
 
-def _download_jobs(tsvs, strict):
-    for _, item in read_split_tsvs(tsvs, strict):
-        if isinstance(item, CaptionPair):
-            yield DownloadJob(item.image_id, item.url, item.source)
-
-
 def run_download(args) -> dict:
     tsvs = _tsv_splits(args.tsvs)
-    make_output_dir(args.out_dir)  # before the first pass: it takes a while
-    # A first pass checks every line before any download starts and gives
-    # the progress bar its total; reading millions of lines takes seconds.
     problems = ProblemLog()
     lines = {split: 0 for split in tsvs}
-    jobs = 0
-    for split, item in read_split_tsvs(tsvs, args.strict):
-        lines[split] += 1
-        if isinstance(item, CaptionPair):
-            jobs += 1
-        else:
-            problems(item)
-    for split, tsv in tsvs.items():
-        logger.info("%s: %d lines (split %s)", tsv, lines[split], split)
-    logger.info("%d images to check or fetch; %d malformed lines skipped", jobs, problems.count)
+
+    def jobs():
+        # one pass over the TSVs, read in full before any download starts
+        for split, item in read_split_tsvs(tsvs, args.strict):
+            lines[split] += 1
+            if isinstance(item, CaptionPair):
+                yield DownloadJob(item.image_id, item.url, item.source)
+            else:
+                problems(item)
+        for split, tsv in tsvs.items():
+            logger.info("%s: %d lines (split %s)", tsv, lines[split], split)
+        logger.info("%d malformed lines skipped", problems.count)
+
     cfg = DownloadConfig(
-        out_dir=args.out_dir, workers=args.workers, timeout=args.timeout, retries=args.retries,
-        backoff=args.backoff, max_bytes=args.max_bytes, max_redirects=args.max_redirects,
-        formats=tuple(args.formats), user_agent=args.user_agent, report=args.report,
-        retry_failed=args.retry_failed, verify_existing=args.verify_existing,
-        progress=False if args.no_progress else None,
+        out_dir=args.out_dir, processes=args.processes, threads=args.threads, shard_size=args.shard_size,
+        distributor=args.distributor, timeout=args.timeout, retries=args.retries, max_bytes=args.max_bytes,
+        formats=tuple(args.formats), user_agent_token=args.user_agent_token,
+        disallowed_header_directives=tuple(args.disallowed_header_directives), retry_failed=args.retry_failed,
     )  # fmt: skip
-    summary = download_images(_download_jobs(tsvs, args.strict), cfg, total=jobs)
+    summary = download_images(jobs(), cfg)
     return {"malformed_lines": problems.count, **summary.as_dict()}
+
+
+def _images_of_dir(image_dir) -> tuple:
+    """(id -> image file, id -> why it has none) of a download folder: from
+    its download records where it has them, else every image file in it."""
+    folder = _input_dir(image_dir, "--image-dir")
+    records = recorded_images(folder)
+    if records is None:
+        images = scan_image_dir(folder)
+        logger.info("%s: %d images (no download records: every image file counts)", image_dir, len(images))
+        return images, None
+    unchecked = unchecked_downloads(folder)
+    if unchecked:
+        logger.warning("%s: %d downloaded shards are not checked yet (a download was stopped); "
+                       "rerun vtlm-cc download to add their images", image_dir, unchecked)  # fmt: skip
+    logger.info("%s: %d images recorded as downloaded (%s)", image_dir, len(records.images), RECORDS_DIR)
+    return records.images, records.reasons
 
 
 def run_filter(args) -> dict:
@@ -261,14 +294,15 @@ def run_filter(args) -> dict:
     store = None
     if args.features:
         store = open_store(args.features, validate="none")  # one store, or shards read as one
+    reasons = None
     if args.image_dir:
-        images = scan_image_dir(_input_dir(args.image_dir, "--image-dir"))
-        logger.info("%s: %d images", args.image_dir, len(images))
+        images, reasons = _images_of_dir(args.image_dir)
     else:  # the store's names are the image file names
         images = index_image_names(store.names, args.features)
     if store is not None:
         logger.info("%s: %d images with features", args.features, len(store))
-    result = filter_splits(tsvs, args.out_dir, images, features=store, strict=args.strict, force=args.force)
+    result = filter_splits(tsvs, args.out_dir, images, features=store, strict=args.strict, force=args.force,
+                           missing_reasons=reasons)  # fmt: skip
     missing = [s for s in CC_SPLITS if s not in result.splits]
     if missing:
         logger.info("no TSV for split(s) %s", ", ".join(missing))

@@ -277,13 +277,19 @@ def filter_splits(
     features: Optional[Container[str]] = None,
     strict: bool = False,
     force: bool = False,
+    missing_reasons: Optional[Mapping[str, str]] = None,
 ) -> FilterResult:
     """Writes, for every split (name -> TSV), ``OUT/raw/{split}.{en,de}`` and
     ``OUT/image_splits/{split}.txt`` with the pairs whose image is available:
     ``images`` maps an image id to its file name; with ``features`` that
     name must also be in the feature store. Also writes ``OUT/images.txt``
     (every image once, the extractor's list), ``OUT/dropped.tsv`` (each
-    dropped line: source, id, reason) and ``OUT/filter_report.json``."""
+    dropped line: source, id, reason) and ``OUT/filter_report.json``.
+
+    ``missing_reasons`` (id -> why it has no image, from the download
+    records) makes a line dropped for want of an image say why, e.g. ``no
+    image (failed_to_download: HTTP Error 404: Not Found)``; an id the
+    records do not know is ``no image (not downloaded)``."""
     out_dir = Path(out_dir)
     owned = [out_dir / "raw", out_dir / "image_splits"]
     if any(d.is_dir() and any(d.iterdir()) for d in owned):
@@ -318,6 +324,8 @@ def filter_splits(
                     if name is None:
                         stats.no_image += 1
                         reason = "no image"
+                        if missing_reasons is not None:
+                            reason += f" ({missing_reasons.get(item.image_id, 'not downloaded')})"
                     elif features is not None and name not in features:
                         stats.no_features += 1
                         reason = f"{name} not in the feature store"

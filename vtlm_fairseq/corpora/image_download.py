@@ -1,40 +1,59 @@
-"""Downloading images by URL into one folder, named by their id: a bounded
-pool of threads, a time limit per attempt, retries with exponential back-off
-on transient errors, a size cap, a structural check that each file is an
-image, atomic writes, and a JSON-lines report of every failure. A rerun
-fetches only what is missing and skips earlier permanent failures. Only
-http(s) URLs are fetched, redirects included. Ctrl-C stops the running
-attempts within one time limit and keeps what is done.
+"""Downloading images by URL into one folder, named by their id, with
+img2dataset as the engine (multiprocessing on one machine, pyspark or ray
+across many), and the bookkeeping around it that makes reruns exact.
 
 Naming convention: the image of id ``X`` is ``X.jpg``, ``X.png``, ``X.gif``
-or ``X.webp``, the extension given by the bytes (not by the URL or the
-server's Content-Type). The file name is the image's name everywhere after:
-order files, the feature extractor's image list, the feature store."""
+or ``X.webp``, the extension given by the bytes (Pillow's format, not the
+URL or the server's Content-Type). The file name is the image's name
+everywhere after: order files, the feature extractor's image list, the
+feature store.
 
-import http.client
+Layout of an output folder OUT:
+
+- ``OUT/<id>.<ext>``: the images, the bytes as served (no resize, no
+  re-encoding).
+- ``OUT/.img2dataset/run-NNNN/``: one img2dataset run: ``input.parquet``
+  (id as a string, url: the ids this run downloads), img2dataset's own
+  shard files (``SSSSS.parquet``, ``SSSSS_stats.json``) and our record of
+  each shard, ``SSSSS.images.parquet`` (id, url, status, error_message,
+  file), written once the shard's images are checked and moved into OUT.
+  ``run-NNNN.json`` beside it holds the run's img2dataset arguments.
+- ``OUT/.img2dataset/lock``: held while a download runs there.
+
+An id's status is its row in the latest run that has it: ``success`` (with
+its file), ``failed_to_download`` (img2dataset's message: ``HTTP Error 404:
+Not Found``, ``timed out``, ...), ``invalid_image`` (Pillow's message) or
+``too_large``. A rerun downloads every id without a success whose file is
+there, except permanent failures (see ``is_permanent``), retried only when
+asked; an id whose URL changed is tried again.
+
+Killed at any moment (SIGKILL too), the next run continues: shards that
+img2dataset finished (their ``_stats.json`` is written last) are checked
+and recorded first, half-done shards are removed and their ids downloaded
+again, and an image moved into OUT before its shard's record was written is
+recognised (its downloaded file is gone, ``OUT/<id>.<ext>`` is there)."""
+
+import fcntl
+import importlib.util
 import io
 import json
 import logging
+import multiprocessing
 import os
-import socket
-import ssl
-import struct
+import re
+import shutil
+import signal
+import subprocess
+import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
-import zlib
+import warnings
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
-from urllib.parse import urljoin, urlsplit
-
-from tqdm import tqdm
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import InputError
 from ..output_paths import make_output_dir
@@ -46,12 +65,25 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "gif": ".gif", "webp": ".webp"}
 FORMAT_OF_EXTENSION = {ext: fmt for fmt, ext in IMAGE_EXTENSIONS.items()}
 # what the feature extractor's decoder (TensorFlow's decode_image) reads:
-# WebP is recognised, but only downloaded when asked for
+# WebP is recognised, but only accepted when asked for
 DEFAULT_FORMATS = ("jpeg", "png", "gif")
-PART_SUFFIX = ".part"  # files being written; never an image
-FAILURE_REPORT = "download_failures.jsonl"
-USER_AGENT = "Mozilla/5.0 (compatible; vtlm-fairseq image downloader)"
-URL_SCHEMES = ("http", "https")  # the only ones fetched, redirects included
+# Pillow's format names; MPO is the JPEG of many cameras (a JPEG first image)
+_PILLOW_FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "GIF": "gif", "WEBP": "webp"}
+
+RECORDS_DIR = ".img2dataset"
+RECORD_SUFFIX = ".images.parquet"
+RECORD_COLUMNS = ("id", "url", "status", "error_message", "file")
+_RUN_DIR = re.compile(r"run-(\d+)")
+_SHARD_ENTRY = re.compile(r"(\d+)(?:\.parquet|_stats\.json|\.images\.parquet)?")
+SUCCESS, FAILED_TO_DOWNLOAD, INVALID_IMAGE, TOO_LARGE = "success", "failed_to_download", "invalid_image", "too_large"
+
+INSTALL_HINT = "pip install -e '.[download]'"
+DISTRIBUTORS = ("multiprocessing", "pyspark", "ray")
+# img2dataset's default: images whose X-Robots-Tag header says so are skipped
+DEFAULT_DISALLOWED_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+RUNNER = Path(__file__).with_name("img2dataset_run.py")
+POLL_SECONDS = 0.5  # how often a running download is looked at for finished shards
+LOCK_WAIT_SECONDS = 10.0  # a killed run's processes take a moment to go
 
 
 # -- naming ------------------------------------------------------------------
@@ -98,225 +130,365 @@ def _list_dir(directory) -> List[os.DirEntry]:
         raise InputError(f"{directory}: cannot be read as a folder ({e.strerror or e})") from None
 
 
+def _image_names(directory) -> List[str]:
+    """The names of the image files in a folder (one listing, no reads)."""
+    return [e.name for e in _list_dir(directory) if image_id_of(e.name) is not None and e.is_file()]
+
+
 def scan_image_dir(directory) -> Dict[str, str]:
     """id -> file name of the images in a folder (one listing, no reads)."""
-    names = [e.name for e in _list_dir(directory) if e.is_file()]
-    return index_image_names(names, str(directory))
+    return index_image_names(_image_names(directory), str(directory))
 
 
-# -- checking the bytes ------------------------------------------------------
-
-class InvalidImage(ValueError):
-    """The bytes are not a complete image; ``truncated`` when they look like a
-    cut-off download (worth another attempt) rather than not an image at all."""
-
-    def __init__(self, reason: str, truncated: bool = False):
-        super().__init__(reason)
-        self.truncated = truncated
+def _files_of_id(out_dir: Path, image_id: str) -> List[str]:
+    return [n for n in (image_id + ext for ext in IMAGE_EXTENSIONS.values()) if (out_dir / n).is_file()]
 
 
-def detect_format(data: bytes) -> Optional[str]:
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    return None
+# -- checking an image -------------------------------------------------------
 
+def check_image(data: bytes, formats: Iterable[str] = tuple(IMAGE_EXTENSIONS)) -> Tuple[Optional[str], Optional[str]]:
+    """(format, None) when Pillow decodes ``data`` as a whole image of one of
+    ``formats``, else (None, the reason). A JPEG is decoded at 1/8 scale,
+    which reads all its data (a cut-off file fails) at a fraction of the
+    cost."""
+    from PIL import Image, UnidentifiedImageError
 
-def _truncated(fmt: str, what: str) -> InvalidImage:
-    return InvalidImage(f"{fmt} is truncated ({what})", truncated=True)
-
-
-# SOFn markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) do not
-_JPEG_SOF = set(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _check_jpeg(data: bytes) -> None:
-    """Walks the segments up to the first scan: a frame header with a size,
-    then scan data followed by an end-of-image marker. Bytes after that
-    marker are tolerated (some cameras and CMSs pad files)."""
-    n, pos, frame = len(data), 2, None
-    while True:
-        if pos >= n:
-            raise _truncated("jpeg", "no image data")
-        if data[pos] != 0xFF:
-            raise InvalidImage(f"jpeg: no segment marker at byte {pos}")
-        while pos < n and data[pos] == 0xFF:  # fill bytes
-            pos += 1
-        if pos >= n:
-            raise _truncated("jpeg", "no image data")
-        marker = data[pos]
-        pos += 1
-        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
-            continue
-        if marker == 0xD9:
-            raise InvalidImage("jpeg ends before its image data")
-        if pos + 2 > n:
-            raise _truncated("jpeg", "no image data")
-        length = int.from_bytes(data[pos : pos + 2], "big")
-        if length < 2:
-            raise InvalidImage(f"jpeg: segment length {length} at byte {pos}")
-        if pos + length > n:
-            raise _truncated("jpeg", "inside a header segment")
-        if marker in _JPEG_SOF:
-            if length < 8:
-                raise InvalidImage("jpeg: frame header too short")
-            height, width = struct.unpack(">HH", data[pos + 3 : pos + 7])
-            if width == 0:  # height 0 is legal (given later by a DNL segment)
-                raise InvalidImage("jpeg: image width 0")
-            frame = (width, height)
-        if marker == 0xDA:
-            if frame is None:
-                raise InvalidImage("jpeg: image data before any frame header")
-            scan_start = pos + length
-            break
-        pos += length
-    # scan data never holds FF D9 (FF is stuffed), so the last one is the end
-    end = data.rfind(b"\xff\xd9")
-    if end < scan_start:
-        raise _truncated("jpeg", "no end-of-image marker after the image data")
-    if end == scan_start:
-        raise InvalidImage("jpeg: empty image data")
-
-
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
-_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
-
-
-def _png_raw_size(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> int:
-    """Bytes of the filtered scanlines that the IDAT stream must inflate to."""
-    passes = _ADAM7 if interlaced else ((0, 0, 1, 1),)
-    size = 0
-    for x0, y0, dx, dy in passes:
-        w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
-        if w > 0 and h > 0:
-            size += h * (1 + (w * bits_per_pixel + 7) // 8)
-    return size
-
-
-def _check_png(data: bytes) -> None:
-    """Every chunk's CRC, IHDR first, and the IDAT stream inflated (in
-    bounded pieces) to exactly the size that IHDR implies, then IEND."""
-    n, pos = len(data), 8
-    expected, inflated, inflater = None, 0, zlib.decompressobj()
-    while True:
-        if pos + 8 > n:
-            raise _truncated("png", "no IEND chunk")
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        end = pos + 12 + length
-        if end > n:
-            raise _truncated("png", f"inside chunk {kind.decode('latin-1')!r}")
-        body = data[pos + 8 : pos + 8 + length]
-        if zlib.crc32(kind + body) != struct.unpack(">I", data[end - 4 : end])[0]:
-            raise InvalidImage(f"png: chunk {kind.decode('latin-1')!r} at byte {pos} fails its CRC")
-        if expected is None:
-            if kind != b"IHDR" or length != 13:
-                raise InvalidImage("png does not start with an IHDR chunk")
-            width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            if width == 0 or height == 0:
-                raise InvalidImage(f"png: image size {width}x{height}")
-            if depth not in _PNG_DEPTHS.get(color, ()):
-                raise InvalidImage(f"png: bit depth {depth} with colour type {color}")
-            expected = _png_raw_size(width, height, depth * _PNG_CHANNELS[color], interlace == 1)
-        elif kind == b"IDAT":
-            pending = body
-            while pending:
-                try:
-                    inflated += len(inflater.decompress(pending, 1 << 20))
-                except zlib.error as e:
-                    raise InvalidImage(f"png: image data does not inflate ({e})") from None
-                pending = inflater.unconsumed_tail
-                if inflated > expected:
-                    raise InvalidImage("png: more image data than its size allows")
-        elif kind == b"IEND":
-            break
-        pos = end
-    if not inflater.eof or inflated != expected:
-        raise _truncated("png", f"{inflated} of {expected} bytes of image data")
-
-
-def _check_gif(data: bytes) -> None:
-    if len(data) < 13:
-        raise _truncated("gif", "no screen descriptor")
-    width, height = struct.unpack("<HH", data[6:10])
-    if width == 0 or height == 0:
-        raise InvalidImage(f"gif: image size {width}x{height}")
-    if data.rstrip(b"\x00")[-1:] != b";":
-        raise _truncated("gif", "no trailer byte")
-
-
-def _check_webp(data: bytes) -> None:
-    if len(data) < 20:
-        raise _truncated("webp", "no image chunk")
-    riff_size = struct.unpack("<I", data[4:8])[0]
-    if 8 + riff_size > len(data):
-        raise _truncated("webp", f"{len(data)} of {8 + riff_size} bytes")
-    if data[12:16] not in (b"VP8 ", b"VP8L", b"VP8X"):
-        raise InvalidImage(f"webp: unknown first chunk {data[12:16]!r}")
-
-
-_CHECKS = {"jpeg": _check_jpeg, "png": _check_png, "gif": _check_gif, "webp": _check_webp}
-
-
-@lru_cache(maxsize=None)
-def _pillow():
-    """Pillow's Image module where it is installed: a full decode on top of
-    the structural checks. Not a dependency."""
+    formats = tuple(formats)
     try:
-        from PIL import Image
-    except ImportError:
-        return None
-    return Image
-
-
-def check_image(data: bytes, formats: Iterable[str] = tuple(IMAGE_EXTENSIONS)) -> str:
-    """The image format of ``data``; raises InvalidImage with the reason when
-    it is not a complete image of one of ``formats``."""
-    fmt = detect_format(data)
-    if fmt is None:
-        head = data[:16]
-        raise InvalidImage(f"not a JPEG, PNG, GIF or WebP image (starts with {head!r})")
-    if fmt not in formats:
-        raise InvalidImage(f"{fmt} images are not accepted (accepted: {', '.join(formats)})")
-    _CHECKS[fmt](data)
-    image_module = _pillow()
-    if image_module is not None:
-        try:
-            with image_module.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():
+            # between Pillow's two limits a warning; above them, an error
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                fmt = _PILLOW_FORMATS.get(image.format)
+                if fmt not in formats:
+                    return None, f"{image.format} images are not accepted (accepted: {', '.join(formats)})"
+                if fmt == "jpeg":
+                    image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
                 image.load()
-        except Exception as e:  # Pillow raises many kinds; any means "unusable"
-            raise InvalidImage(f"{fmt} does not decode ({type(e).__name__}: {e})") from None
-    return fmt
+    except UnidentifiedImageError:
+        return None, f"not an image Pillow reads (starts with {data[:16]!r})"
+    except Exception as e:  # Pillow raises many kinds; any means "unusable"
+        return None, f"{type(e).__name__}: {e}"
+    return fmt, None
 
 
-# -- fetching ----------------------------------------------------------------
+# -- what a failure is ---------------------------------------------------------
+
+_HTTP_ERROR = re.compile(r"HTTP Error (\d{3})")
+_CONNECTION_ERRORS = ("<urlopen error", "Connection", "Remote end closed", "IncompleteRead")
+
+
+def is_permanent(status: str, error: Optional[str]) -> bool:
+    """Failures a rerun does not retry unless asked: HTTP 4xx (but 408 and
+    429), a redirect not followed (a loop, more than 10, or to anything but
+    http(s)), an X-Robots-Tag refusal, a file that is no accepted image or
+    too large. Timeouts, 5xx and connection errors may pass."""
+    if status in (INVALID_IMAGE, TOO_LARGE):
+        return True
+    if status != FAILED_TO_DOWNLOAD or not error:
+        return False
+    if "X-Robots-Tag" in error:
+        return True
+    match = _HTTP_ERROR.match(error)
+    if match:
+        code = int(match[1])
+        return 300 <= code < 500 and code not in (408, 429)
+    return False
+
+
+def failure_kind(status: str, error: Optional[str]) -> str:
+    """A short class of a failure for counting: 'http 404', 'timeout',
+    'connection failed', 'x-robots-tag', 'invalid_image', 'too_large', ..."""
+    if status != FAILED_TO_DOWNLOAD:
+        return status
+    error = error or ""
+    match = _HTTP_ERROR.match(error)
+    if match:
+        return f"http {match[1]}"
+    if "timed out" in error:
+        return "timeout"
+    if "X-Robots-Tag" in error:
+        return "x-robots-tag"
+    if any(text in error for text in _CONNECTION_ERRORS):
+        return "connection failed"
+    return "other"
+
+
+def _one_line(text: Optional[str]) -> Optional[str]:
+    return None if text is None else " ".join(text.split())
+
+
+# -- records -------------------------------------------------------------------
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.compute
+        import pyarrow.parquet
+    except ImportError:
+        raise InputError(f"pyarrow is not installed; it comes with img2dataset: {INSTALL_HINT}") from None
+    return pyarrow
+
+
+def _record_schema():
+    pa = _pyarrow()
+    return pa.schema([(name, pa.string()) for name in RECORD_COLUMNS])
+
+
+def _run_dirs(meta: Path) -> List[Path]:
+    """The run folders, oldest first."""
+    if not meta.is_dir():
+        return []
+    runs = [(int(m[1]), e.path) for e in _list_dir(meta) if (m := _RUN_DIR.fullmatch(e.name)) and e.is_dir()]
+    return [Path(path) for _, path in sorted(runs)]
+
+
+def record_files(out_dir) -> List[Path]:
+    """Every shard record under OUT/.img2dataset, oldest run first."""
+    files = []
+    for run in _run_dirs(Path(out_dir) / RECORDS_DIR):
+        files += sorted(run / e.name for e in _list_dir(run) if e.name.endswith(RECORD_SUFFIX) and e.name[0] != ".")
+    return files
+
+
+def read_records(out_dir, files: Optional[List[Path]] = None):
+    """The latest record of every id (a pyarrow Table with RECORD_COLUMNS),
+    or None where no download has been recorded."""
+    files = record_files(out_dir) if files is None else files
+    if not files:
+        return None
+    pa = _pyarrow()
+    schema = _record_schema()
+    tables = []
+    for path in files:
+        try:
+            tables.append(pa.parquet.read_table(path, columns=list(RECORD_COLUMNS)).cast(schema))
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise InputError(f"{path}: cannot be read as a download record ({e})") from None
+    table = pa.concat_tables(tables)
+    table = table.append_column("_row", pa.array(range(table.num_rows), pa.int64()))
+    latest = table.group_by("id", use_threads=False).aggregate([("_row", "max")])["_row_max"]
+    return table.take(latest.sort()).drop_columns(["_row"])
+
+
+def unchecked_downloads(out_dir) -> int:
+    """Shards img2dataset finished that no download has checked yet (a run
+    was stopped): a rerun of ``vtlm-cc download`` records them."""
+    count = 0
+    for run in _run_dirs(Path(out_dir) / RECORDS_DIR):
+        for stats in run.glob("*_stats.json"):
+            count += not (run / (stats.name[: -len("_stats.json")] + RECORD_SUFFIX)).is_file()
+    return count
+
+
+@dataclass
+class RecordedImages:
+    """What the download records say: id -> image file for the ids whose
+    latest record is a success with its file there, and id -> why not for
+    the other recorded ids."""
+
+    images: Dict[str, str]
+    reasons: Dict[str, str]
+
+
+def recorded_images(out_dir) -> Optional[RecordedImages]:
+    """The images that the download records of ``out_dir`` vouch for; None
+    where there are no records (a folder filled by other means)."""
+    latest = read_records(out_dir)
+    if latest is None:
+        return None
+    pa = _pyarrow()
+    pc = pa.compute
+    # column by column: millions of ids, few Python objects per id
+    success = pc.equal(latest["status"], SUCCESS)
+    there = pc.is_in(latest["file"], value_set=pa.array(_image_names(out_dir), pa.string()))
+    good = latest.filter(pc.and_(success, there))
+    images = dict(zip(good["id"].to_pylist(), good["file"].to_pylist()))
+    gone = latest.filter(pc.and_(success, pc.invert(there)))
+    reasons = {image_id: f"downloaded as {name}, which is gone" for image_id, name in
+               zip(gone["id"].to_pylist(), gone["file"].to_pylist())}  # fmt: skip
+    failed = latest.filter(pc.invert(success))
+    why = pc.coalesce(pc.binary_join_element_wise(failed["status"], failed["error_message"], ": "), failed["status"])
+    reasons.update(zip(failed["id"].to_pylist(), why.to_pylist()))
+    return RecordedImages(images, reasons)
+
+
+# -- checking the shards img2dataset wrote -------------------------------------
+
+def _stats_done(run_dir: Path, shard: str) -> bool:
+    """img2dataset writes a shard's stats last: a parseable one means the
+    shard's parquet and files are complete."""
+    try:
+        json.loads((run_dir / f"{shard}_stats.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (run_dir / f"{shard}.parquet").is_file()
+
+
+def _place_image(
+    src: Path, image_id: str, out_dir: Path, max_bytes: int, formats
+) -> Tuple[str, Optional[str], Optional[str]]:
+    """(status, error, file) of one image img2dataset downloaded; a good
+    one is moved to OUT/<id>.<ext>."""
+    try:
+        size = src.stat().st_size
+    except FileNotFoundError:
+        placed = _files_of_id(out_dir, image_id)
+        if placed:  # moved by a check that was stopped before its record
+            return SUCCESS, None, index_image_names(placed)[image_id]
+        return FAILED_TO_DOWNLOAD, "the downloaded file is gone (removed before it was checked)", None
+    if size > max_bytes:
+        return TOO_LARGE, f"{size} bytes, over the limit of {max_bytes}", None
+    fmt, error = check_image(src.read_bytes(), formats)
+    if fmt is None:
+        return INVALID_IMAGE, error, None
+    name = image_file_name(image_id, fmt)
+    for other in _files_of_id(out_dir, image_id):  # from an earlier URL or format
+        if other != name:
+            (out_dir / other).unlink(missing_ok=True)
+    os.replace(src, out_dir / name)
+    return SUCCESS, None, name
+
+
+def check_shard(run_dir, shard: str, out_dir, max_bytes: int, formats) -> Tuple[int, int]:
+    """Checks the images of one finished img2dataset shard (size, then
+    Pillow), moves the good ones into OUT, writes the shard's record and
+    removes what is left of its folder. Safe to repeat after an interruption
+    at any point. Returns (successes, failures)."""
+    pa = _pyarrow()
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    columns = ["id", "url", "key", "status", "error_message"]
+    try:
+        source = pa.parquet.read_table(run_dir / f"{shard}.parquet", columns=columns)
+    except (OSError, pa.ArrowException) as e:
+        # damaged on disk: dropped whole, its ids are downloaded again
+        logger.warning("%s: shard %s cannot be read (%s); its ids are downloaded again", run_dir, shard, e)
+        shutil.rmtree(run_dir / shard, ignore_errors=True)
+        for name in (f"{shard}.parquet", f"{shard}_stats.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        return 0, 0
+    rows: Dict[str, list] = {name: [] for name in RECORD_COLUMNS}
+    successes = 0
+    for row in source.to_pylist():
+        status, error, name = row["status"], row["error_message"], None
+        if status == SUCCESS:
+            src = run_dir / shard / f"{row['key']}.jpg"  # img2dataset's name, whatever the format
+            status, error, name = _place_image(src, str(row["id"]), out_dir, max_bytes, formats)
+        successes += status == SUCCESS
+        for column, value in zip(RECORD_COLUMNS, (str(row["id"]), row["url"], status, _one_line(error), name)):
+            rows[column].append(value)
+    record = run_dir / f"{shard}{RECORD_SUFFIX}"
+    tmp = run_dir / f".{record.name}.tmp"
+    pa.parquet.write_table(pa.table(rows, schema=_record_schema()), tmp)
+    os.replace(tmp, record)
+    shutil.rmtree(run_dir / shard, ignore_errors=True)
+    return successes, source.num_rows - successes
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole foreground process group: the main process
+    # decides, a checker finishes its shard
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _ShardChecker:
+    """check_shard on finished shards, each once: in the calling process,
+    or with more than one process in a pool of that many."""
+
+    def __init__(self, out_dir: Path, cfg: "DownloadConfig"):
+        self.args = (str(out_dir), cfg.max_bytes, tuple(cfg.formats))
+        self.pool = None
+        if cfg.processes > 1:
+            methods = multiprocessing.get_all_start_methods()
+            # fork: a worker starts at once, without importing the plugin again
+            context = multiprocessing.get_context("fork" if "fork" in methods else None)
+            self.pool = ProcessPoolExecutor(cfg.processes, mp_context=context, initializer=_ignore_sigint)
+        self.seen = set()
+        self.pending = set()
+        self.successes = self.failures = 0
+
+    def submit(self, run_dir: Path, shard: str) -> None:
+        if (run_dir, shard) in self.seen:
+            return
+        if self.pool is None:
+            self._count(check_shard(run_dir, shard, *self.args))
+        else:
+            self.pending.add(self.pool.submit(check_shard, run_dir, shard, *self.args))
+        # after the check where it runs here: one cut short by Ctrl-C is done again
+        self.seen.add((run_dir, shard))
+
+    def collect(self, block: bool = False) -> None:
+        if not self.pending:
+            return
+        done, self.pending = wait(self.pending, timeout=None if block else 0,
+                                  return_when=ALL_COMPLETED if block else FIRST_COMPLETED)  # fmt: skip
+        for future in done:
+            self._count(future.result())
+
+    def _count(self, result: Tuple[int, int]) -> None:
+        self.successes += result[0]
+        self.failures += result[1]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finished_shards(run_dir: Path, seen) -> Iterator[str]:
+    for stats in sorted(run_dir.glob("*_stats.json")):
+        shard = stats.name[: -len("_stats.json")]
+        if (run_dir, shard) not in seen and _stats_done(run_dir, shard):
+            yield shard
+
+
+def _tidy_run(run_dir: Path) -> List[str]:
+    """Removes what a stopped run left half done (img2dataset's _tmp, shards
+    without stats, temporary records, the folders of recorded shards);
+    returns the finished shards not checked yet. Only while no download
+    runs there (under the lock)."""
+    shutil.rmtree(run_dir / "_tmp", ignore_errors=True)
+    shards = set()
+    for entry in _list_dir(run_dir):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            os.unlink(entry.path)
+        elif match := _SHARD_ENTRY.fullmatch(entry.name):
+            shards.add(match[1])
+    unchecked = []
+    for shard in sorted(shards):
+        if (run_dir / f"{shard}{RECORD_SUFFIX}").is_file():
+            shutil.rmtree(run_dir / shard, ignore_errors=True)
+        elif _stats_done(run_dir, shard):
+            unchecked.append(shard)
+        else:  # downloaded in part: its ids go into the next run
+            shutil.rmtree(run_dir / shard, ignore_errors=True)
+            for name in (f"{shard}.parquet", f"{shard}_stats.json"):
+                (run_dir / name).unlink(missing_ok=True)
+    return unchecked
+
+
+# -- configuration ---------------------------------------------------------------
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
 
 @dataclass
 class DownloadConfig:
     out_dir: str
-    workers: int = 64  # threads waiting on the network, not CPUs
-    # seconds per attempt: for connecting, for each wait on the server and
-    # for the whole transfer
-    timeout: float = 10.0
-    retries: int = 2  # further attempts after a transient failure
-    backoff: float = 1.0  # seconds before the first retry, doubled after each
+    processes: int = field(default_factory=_cpu_count)  # img2dataset's, and as many checking images
+    threads: int = 64  # per process: downloads waiting on the network
+    shard_size: int = 10000  # ids per img2dataset shard (each run may use its own)
+    distributor: str = "multiprocessing"
+    timeout: float = 10.0  # seconds per socket operation (connecting, each read)
+    retries: int = 0  # immediate further attempts after any failure
     max_bytes: int = 16 * 1024 * 1024
-    max_redirects: int = 5
     formats: Tuple[str, ...] = DEFAULT_FORMATS
-    user_agent: str = USER_AGENT
-    report: Optional[str] = None  # default: OUT_DIR/download_failures.jsonl
+    user_agent_token: Optional[str] = None
+    disallowed_header_directives: Tuple[str, ...] = DEFAULT_DISALLOWED_DIRECTIVES
     retry_failed: bool = False  # also retry earlier permanent failures
-    verify_existing: bool = False  # re-check files already there (reads them)
-    progress: Optional[bool] = None  # tqdm's default: a bar on a terminal
-
-    @property
-    def report_path(self) -> Path:
-        return Path(self.report) if self.report else Path(self.out_dir) / FAILURE_REPORT
 
 
 @dataclass
@@ -326,223 +498,47 @@ class DownloadJob:
     source: str = ""  # where it was asked for, "file:line"
 
 
-class FetchError(Exception):
-    """One failed attempt; ``transient`` failures are retried."""
-
-    def __init__(self, reason: str, transient: bool):
-        super().__init__(reason)
-        self.reason = reason
-        self.transient = transient
-
-
-class _HttpRedirects(urllib.request.HTTPRedirectHandler):
-    """At most ``limit`` redirects, each to an http(s) URL: urllib's own
-    handler also follows ftp:// and refuses file: or data: with a message
-    that reads like a redirect loop."""
-
-    def __init__(self, limit: int):
-        super().__init__()
-        # a loop on one URL counts against the same limit
-        self.max_redirections = self.max_repeats = limit
-
-    def http_error_302(self, req, fp, code, msg, headers):
-        location = headers.get("location", headers.get("uri"))
-        # relative locations inherit the scheme of the URL redirected from
-        if location is not None and urlsplit(urljoin(req.full_url, location)).scheme not in URL_SCHEMES:
-            fp.close()
-            raise FetchError(f"redirect to {location!r} refused: only http(s) URLs are followed", False)
-        return super().http_error_302(req, fp, code, msg, headers)
-
-    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+def require_img2dataset(distributor: str = "multiprocessing") -> None:
+    """InputError (one line) unless img2dataset, and the distributor's
+    package, can be imported."""
+    if importlib.util.find_spec("img2dataset") is None:
+        raise InputError(f"img2dataset is not installed; vtlm-cc download needs it: {INSTALL_HINT}")
+    if distributor not in DISTRIBUTORS:
+        raise InputError(f"unknown distributor {distributor!r} (one of {', '.join(DISTRIBUTORS)})")
+    if distributor != "multiprocessing" and importlib.util.find_spec(distributor) is None:
+        raise InputError(f"--distributor {distributor}: {distributor} is not installed (pip install {distributor})")
 
 
-def build_opener(cfg: DownloadConfig) -> urllib.request.OpenerDirector:
-    """An opener that knows http(s) only: no ftp:, file: or data: handler
-    (urllib's build_opener adds them), so no URL can reach them."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (
-        urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
-        urllib.request.HTTPDefaultErrorHandler(), _HttpRedirects(cfg.max_redirects),
-        urllib.request.HTTPErrorProcessor(), urllib.request.UnknownHandler(),
-    ):  # fmt: skip
-        opener.add_handler(handler)
-    return opener
+def _img2dataset_args(run_dir: Path, cfg: DownloadConfig) -> dict:
+    return dict(
+        url_list=str(run_dir / "input.parquet"), input_format="parquet", url_col="url", caption_col=None,
+        save_additional_columns=["id"], output_folder=str(run_dir), output_format="files",
+        # the bytes as served: no resize, no re-encoding (and no checks)
+        resize_mode="no", disable_all_reencoding=True, extract_exif=False, compute_hash="sha256",
+        processes_count=cfg.processes, thread_count=cfg.threads, number_sample_per_shard=cfg.shard_size,
+        timeout=cfg.timeout, retries=cfg.retries, distributor=cfg.distributor,
+        user_agent_token=cfg.user_agent_token,
+        disallowed_header_directives=list(cfg.disallowed_header_directives),
+        incremental_mode="incremental", enable_wandb=False,
+    )  # fmt: skip
 
 
-def _http_error(e: urllib.error.HTTPError, cfg: DownloadConfig) -> FetchError:
-    if 300 <= e.code < 400:  # urllib gave up following: loop, limit or scheme
-        return FetchError(f"redirect not followed (at most {cfg.max_redirects}): {e.reason}", False)
-    # request timeout, rate limiting and server errors may pass
-    transient = e.code in (408, 429) or e.code >= 500
-    return FetchError(f"http {e.code} {e.reason}", transient)
-
-
-def fetch_once(url: str, cfg: DownloadConfig, opener=None, stop: Optional[threading.Event] = None) -> bytes:
-    """One attempt: the body, at most ``max_bytes``, within ``timeout``;
-    given up when ``stop`` is set."""
-    opener = opener or build_opener(cfg)
-    deadline = time.monotonic() + cfg.timeout
-    request = urllib.request.Request(url, headers={"User-Agent": cfg.user_agent, "Accept": "image/*,*/*;q=0.5"})
-    try:
-        with opener.open(request, timeout=cfg.timeout) as response:
-            if response.status != 200:
-                raise FetchError(f"http {response.status} {response.reason}", False)
-            declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > cfg.max_bytes:
-                raise FetchError(f"too large: {declared} bytes (limit {cfg.max_bytes})", False)
-            body = bytearray()
-            while True:
-                if stop is not None and stop.is_set():
-                    raise FetchError("interrupted", True)
-                if time.monotonic() > deadline:
-                    raise FetchError(f"timeout: transfer not done after {cfg.timeout:g}s", True)
-                # read1: one socket read at most, so the deadline is checked
-                # even when a server sends a trickle of bytes
-                chunk = response.read1(64 * 1024)
-                if not chunk:
-                    break
-                body += chunk
-                if len(body) > cfg.max_bytes:
-                    raise FetchError(f"too large: over {cfg.max_bytes} bytes", False)
-            return bytes(body)
-    except FetchError:
-        raise
-    except urllib.error.HTTPError as e:
-        raise _http_error(e, cfg) from None
-    except urllib.error.URLError as e:
-        reason = e.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise FetchError(f"timeout after {cfg.timeout:g}s (connecting)", True) from None
-        if isinstance(reason, ssl.SSLCertVerificationError):
-            raise FetchError(f"TLS certificate rejected: {reason.verify_message}", False) from None
-        if isinstance(reason, str):  # e.g. "unknown url type"
-            raise FetchError(f"bad URL: {reason}", False) from None
-        raise FetchError(f"connection failed: {reason}", True) from None
-    except (TimeoutError, socket.timeout):
-        raise FetchError(f"timeout: no answer within {cfg.timeout:g}s", True) from None
-    except http.client.InvalidURL as e:
-        raise FetchError(f"bad URL: {e}", False) from None
-    except (http.client.HTTPException, OSError) as e:
-        raise FetchError(f"connection failed: {type(e).__name__}: {e}", True) from None
-    except ValueError as e:  # urllib's own URL checks
-        raise FetchError(f"bad URL: {e}", False) from None
-
-
-@dataclass
-class FetchResult:
-    job: DownloadJob
-    file_name: Optional[str] = None  # set on success
-    reason: Optional[str] = None  # set on failure
-    permanent: bool = False
-    attempts: int = 0
-    size: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.file_name is not None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """A killed run leaves a hidden .part file, never a partial image."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{PART_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def download_one(
-    job: DownloadJob, cfg: DownloadConfig, opener=None, stop: Optional[threading.Event] = None
-) -> FetchResult:
-    """Fetch, check and store one image, retrying transient failures; when
-    ``stop`` is set (Ctrl-C), no further attempt starts."""
-    stop = stop or threading.Event()
-    result = FetchResult(job)
-    for attempt in range(cfg.retries + 1):
-        # the back-off wait, cut short by a stop
-        if stop.wait(cfg.backoff * 2 ** (attempt - 1) if attempt else 0):
-            result.reason = "interrupted"
-            return result
-        result.attempts = attempt + 1
-        try:
-            data = fetch_once(job.url, cfg, opener, stop)
-            fmt = check_image(data, cfg.formats)
-        except FetchError as e:
-            result.reason, result.permanent = e.reason, not e.transient
-        except InvalidImage as e:
-            result.reason, result.permanent = str(e), not e.truncated
-        else:
-            name = image_file_name(job.image_id, fmt)
-            _write_atomically(Path(cfg.out_dir) / name, data)
-            result.file_name, result.reason, result.size = name, None, len(data)
-            return result
-        if result.permanent:
-            break
-    if cfg.retries and not result.permanent:
-        result.reason += f" ({result.attempts} attempts)"
-    return result
-
-
-# -- the failure report ------------------------------------------------------
-
-def read_failure_report(path) -> Dict[str, dict]:
-    """id -> latest record of a JSON-lines failure report (empty if none);
-    a line cut by a killed run is ignored."""
-    records: Dict[str, dict] = {}
-    path = Path(path)
-    if not path.is_file():
-        return records
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, start=1):
-                try:
-                    record = json.loads(line)
-                    records[record["id"]] = record
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    logger.warning("%s:%d: unreadable report line ignored", path, lineno)
-    except OSError as e:
-        raise InputError(f"{path}: the failure report cannot be read ({e.strerror or e})") from None
-    return records
-
-
-def _failure_record(result: FetchResult) -> dict:
-    return {
-        "id": result.job.image_id,
-        "url": result.job.url,
-        "reason": result.reason,
-        "permanent": result.permanent,
-        "attempts": result.attempts,
-        "source": result.job.source,
-    }
-
-
-def _compact_report(path: Path, present: Dict[str, str]) -> int:
-    """Rewrites the report with one line per id still without an image."""
-    records = {k: r for k, r in read_failure_report(path).items() if k not in present}
-    tmp = path.with_name(f".{path.name}{PART_SUFFIX}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for record in records.values():
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return len(records)
-
-
-# -- the pool ----------------------------------------------------------------
+# -- a run ---------------------------------------------------------------------------
 
 @dataclass
 class DownloadSummary:
-    downloaded: int = 0
+    ids: int = 0  # distinct ids asked for
+    duplicates: int = 0  # ids asked for again (with the same URL)
     already_present: int = 0
     skipped_failed_before: int = 0  # permanent failures of an earlier run
-    duplicates: int = 0  # ids asked for twice in the input
+    to_download: int = 0
+    downloaded: int = 0
     failed: int = 0
-    bytes: int = 0
+    unfinished: int = 0  # sent to img2dataset, but no record (a shard it gave up on)
+    recovered: int = 0  # images of an earlier, stopped run checked at this start
+    without_image: int = 0  # ids still without an image after this run
     failure_kinds: Counter = field(default_factory=Counter)
-    report: str = ""
-    failures_in_report: int = 0
+    run: Optional[str] = None  # this run's folder; None when nothing was to download
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -551,140 +547,230 @@ class DownloadSummary:
         return out
 
 
-def failure_kind(reason: str) -> str:
-    """A short class of a failure reason for counting: 'http 404',
-    'timeout', 'too large', 'not an image', ..."""
-    if reason.startswith("http "):
-        return " ".join(reason.split()[:2])
-    if reason.startswith("not a JPEG"):
-        return "not an image"
-    for prefix in ("timeout", "too large", "redirect", "bad URL", "connection failed", "TLS"):
-        if reason.startswith(prefix):
-            return prefix
-    return reason.split(" (")[0].split(":")[0]
-
-
-def _remove_stale_parts(out_dir: Path) -> None:
-    for entry in _list_dir(out_dir):
-        if entry.name.startswith(".") and entry.name.endswith(PART_SUFFIX):
-            os.unlink(entry.path)
+@contextmanager
+def _locked(meta: Path, out_dir: Path):
+    """An exclusive lock on OUT/.img2dataset/lock for the whole run; the
+    img2dataset process inherits it, so a killed run's last processes hold
+    it until they are gone."""
+    path = meta / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise InputError(f"{out_dir}: another vtlm-cc download is running there (it holds {path}); "
+                                     "wait for it to end") from None  # fmt: skip
+                time.sleep(0.1)
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _check_writable(out_dir: Path) -> None:
     """Fails before any download, not at the first image."""
     try:
-        with tempfile.TemporaryFile(dir=out_dir, prefix=".", suffix=PART_SUFFIX):
+        with tempfile.TemporaryFile(dir=out_dir, prefix=".", suffix=".tmp"):
             pass
     except OSError as e:
         raise InputError(f"{out_dir}: images cannot be written there ({e.strerror or e})") from None
 
 
-def _open_report(path: Path):
+def _jobs_table(jobs: Iterable[DownloadJob], chunk: int = 100_000):
+    """(id, url, seq) of the distinct ids in input order (the first URL of
+    an id asked for twice), and how many were asked for again."""
+    pa = _pyarrow()
+    batches, ids, urls = [], [], []
+
+    def flush():
+        if ids:
+            columns = [pa.array(ids, pa.string()), pa.array(urls, pa.string())]
+            batches.append(pa.record_batch(columns, names=["id", "url"]))
+            ids.clear()
+            urls.clear()
+
+    for job in jobs:
+        ids.append(job.image_id)
+        urls.append(job.url)
+        if len(ids) >= chunk:
+            flush()
+    flush()
+    schema = pa.schema([("id", pa.string()), ("url", pa.string())])
+    table = pa.Table.from_batches(batches, schema=schema)
+    table = table.append_column("seq", pa.array(range(table.num_rows), pa.int64()))
+    first = table.group_by("id", use_threads=False).aggregate([("seq", "min")])["seq_min"]
+    distinct = table.take(first.sort())
+    return distinct, table.num_rows - distinct.num_rows
+
+
+def _plan(jobs, latest, present: List[str], retry_failed: bool):
+    """Boolean arrays over ``jobs`` (in its order): already there, skipped
+    as failed permanently before, to download, and whose URL changed."""
+    import numpy as np
+
+    pa = _pyarrow()
+    pc = pa.compute
+    n = jobs.num_rows
+    if latest is None:
+        no = pa.array(np.zeros(n, dtype=bool))
+        return jobs, no, no, pc.invert(no), no
+    rec = latest.rename_columns(["id", "rec_url", "rec_status", "rec_error", "rec_file"])
+    joined = jobs.join(rec, keys="id", join_type="left outer").sort_by("seq")
+    status = joined["rec_status"]
+    recorded = pc.is_valid(status)
+    success = pc.fill_null(pc.equal(status, SUCCESS), False)
+    same_url = pc.fill_null(pc.equal(joined["url"], joined["rec_url"]), False)
+    there = pc.fill_null(pc.is_in(joined["rec_file"], value_set=pa.array(present, pa.string())), False)
+    # permanence per distinct (status, error): few, however many ids
+    key = pc.binary_join_element_wise(status, pc.fill_null(joined["rec_error"], ""), "\x1f")
+    failed = pc.and_(recorded, pc.invert(success))
+    permanent_keys = [k for k in pc.unique(key.filter(failed)).to_pylist() if is_permanent(*k.split("\x1f", 1))]
+    permanent = pc.fill_null(pc.is_in(key, value_set=pa.array(permanent_keys, pa.string())), False)
+    already = pc.and_(pc.and_(success, same_url), there)
+    skipped = pc.and_(pc.and_(same_url, failed), permanent)
+    if retry_failed:
+        skipped = pa.array(np.zeros(n, dtype=bool))
+    download = pc.invert(pc.or_(already, skipped))
+    changed = pc.and_(recorded, pc.invert(same_url))
+    return joined, already, skipped, download, changed
+
+
+def _count_true(mask) -> int:
+    return _pyarrow().compute.sum(mask).as_py() or 0
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kills img2dataset's process group (its workers with it)."""
     try:
-        return open(path, "a", encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"{path}: the failure report cannot be written ({e.strerror or e})") from None
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
 
 
-def download_images(
-    jobs: Iterable[DownloadJob], cfg: DownloadConfig, total: Optional[int] = None
-) -> DownloadSummary:
-    """Downloads every job's image into ``cfg.out_dir`` unless it is there
-    already (or failed permanently before); returns counts, and keeps the
-    failure report: appended to as failures happen, so an interrupted run
-    loses nothing, and compacted at the end to one line per failed id.
+def _run_img2dataset(run_dir: Path, cfg: DownloadConfig, lock_fd: int, checker: _ShardChecker) -> int:
+    """Runs img2dataset on run_dir/input.parquet in a process group of its
+    own, checking each shard as soon as it is finished; its exit status.
+    Ctrl-C stops it, checks the shards it finished, and goes on."""
+    args_file = run_dir.with_suffix(".json")
+    args = {"parent_pid": os.getpid(), "download": _img2dataset_args(run_dir, cfg)}
+    args_file.write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_SILENT": "true"}
+    # its stdout carries progress, not our summary: onto our stderr
+    proc = subprocess.Popen([sys.executable, str(RUNNER), str(args_file)], stdin=subprocess.DEVNULL, stdout=2,
+                            env=env, pass_fds=(lock_fd,), start_new_session=True)  # fmt: skip
+    try:
+        while True:
+            status = proc.poll()
+            for shard in _finished_shards(run_dir, checker.seen):
+                checker.submit(run_dir, shard)
+            checker.collect()
+            if status is not None:  # the look above came after its end: nothing missed
+                break
+            time.sleep(POLL_SECONDS)
+        checker.collect(block=True)
+        return status
+    except KeyboardInterrupt:
+        _stop(proc)
+        logger.info("interrupted: checking the shards img2dataset finished; the rest is downloaded by a rerun")
+        for shard in _finished_shards(run_dir, checker.seen):
+            checker.submit(run_dir, shard)
+        checker.collect(block=True)
+        _tidy_run(run_dir)  # the shards cut short: downloaded again by a rerun
+        raise
+    finally:
+        _stop(proc)
 
-    Ctrl-C (KeyboardInterrupt): queued jobs are dropped, running ones end
-    at their next read or retry (at the latest after ``timeout``), then the
-    interrupt goes on; the images and report lines written so far stay."""
+
+def _run_summary(run_dir: Path, summary: DownloadSummary) -> None:
+    pa = _pyarrow()
+    files = sorted(p for p in run_dir.glob("*" + RECORD_SUFFIX) if not p.name.startswith("."))
+    if not files:
+        summary.unfinished = summary.to_download
+        return
+    table = pa.concat_tables([pa.parquet.read_table(p, columns=["status", "error_message"]) for p in files])
+    key = pa.compute.binary_join_element_wise(table["status"], pa.compute.fill_null(table["error_message"], ""), "\x1f")
+    for item in pa.compute.value_counts(key).to_pylist():
+        status, error = item["values"].split("\x1f", 1)
+        if status == SUCCESS:
+            summary.downloaded += item["counts"]
+        else:
+            summary.failed += item["counts"]
+            summary.failure_kinds[failure_kind(status, error)] += item["counts"]
+    summary.unfinished = summary.to_download - table.num_rows
+
+
+def download_images(jobs: Iterable[DownloadJob], cfg: DownloadConfig) -> DownloadSummary:
+    """Downloads the image of every job into ``cfg.out_dir`` unless it is
+    there already (or failed permanently before); returns counts.
+
+    Ctrl-C (KeyboardInterrupt): img2dataset is stopped, the shards it
+    finished are checked and recorded, then the interrupt goes on; a rerun
+    downloads the rest."""
     start = time.time()
+    require_img2dataset(cfg.distributor)
     out_dir = make_output_dir(cfg.out_dir)
-    _remove_stale_parts(out_dir)
     _check_writable(out_dir)
-    present = scan_image_dir(out_dir)
-    report_path = cfg.report_path
-    make_output_dir(report_path.parent)
-    failed_before = read_failure_report(report_path)
-    summary = DownloadSummary(report=str(report_path))
-    opener = build_opener(cfg)
-    stop = threading.Event()
-    seen = set()
-    in_flight_limit = max(1, cfg.workers) * 4  # bounded: the input may hold millions
-
-    def already_done(job: DownloadJob) -> bool:
-        name = present.get(job.image_id)
-        if name is not None:
-            if not cfg.verify_existing:
-                return True
-            try:
-                check_image((out_dir / name).read_bytes(), cfg.formats)
-                return True
-            except (InvalidImage, OSError) as e:
-                logger.warning("%s: %s; downloading it again", out_dir / name, e)
-                (out_dir / name).unlink(missing_ok=True)
-                del present[job.image_id]
-        return False
-
-    bar = tqdm(total=total, unit="img", desc="download", disable=None if cfg.progress is None else not cfg.progress)
-    with _open_report(report_path) as report, ThreadPoolExecutor(
-        max_workers=cfg.workers, thread_name_prefix="download"
-    ) as pool:
-
-        def collect(done) -> None:
-            for future in done:
-                result: FetchResult = future.result()
-                if result.ok:
-                    summary.downloaded += 1
-                    summary.bytes += result.size
-                    present[result.job.image_id] = result.file_name
-                else:
-                    summary.failed += 1
-                    summary.failure_kinds[failure_kind(result.reason)] += 1
-                    report.write(json.dumps(_failure_record(result), ensure_ascii=False) + "\n")
-                    report.flush()
-                bar.update()
-            bar.set_postfix(ok=summary.downloaded, failed=summary.failed, refresh=False)
-
-        pending = set()
+    jobs, duplicates = _jobs_table(jobs)  # reads every TSV line first: --strict stops here
+    summary = DownloadSummary(ids=jobs.num_rows, duplicates=duplicates)
+    meta = make_output_dir(out_dir / RECORDS_DIR)
+    with _locked(meta, out_dir) as lock_fd:
+        checker = _ShardChecker(out_dir, cfg)
         try:
-            for job in jobs:
-                if job.image_id in seen:
-                    summary.duplicates += 1
-                    bar.update()
-                    continue
-                seen.add(job.image_id)
-                if already_done(job):
-                    summary.already_present += 1
-                    bar.update()
-                    continue
-                before = failed_before.get(job.image_id)
-                if before and before.get("permanent") and before.get("url") == job.url and not cfg.retry_failed:
-                    summary.skipped_failed_before += 1
-                    bar.update()
-                    continue
-                pending.add(pool.submit(download_one, job, cfg, opener, stop))
-                if len(pending) >= in_flight_limit:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    collect(done)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                collect(done)
-        except BaseException:
-            # Ctrl-C: drop queued work and stop the running downloads; leaving
-            # the pool waits for them, so that no image is left half written.
-            # Their results are not collected: an interrupted attempt is no
-            # failure to report, and a finished image is found by a rerun.
-            stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+            # what a stopped run left: its finished shards first
+            for run_dir in _run_dirs(meta):
+                for shard in _tidy_run(run_dir):
+                    checker.submit(run_dir, shard)
+            checker.collect(block=True)
+            summary.recovered = checker.successes
+            if checker.seen:
+                logger.info("checked %d shards of a stopped run: %d images", len(checker.seen), checker.successes)
+            for run_dir in _run_dirs(meta):
+                if not any(run_dir.glob("*" + RECORD_SUFFIX)):  # stopped before any shard was done
+                    shutil.rmtree(run_dir)
+                    run_dir.with_suffix(".json").unlink(missing_ok=True)
+
+            joined, already, skipped, download, changed = _plan(
+                jobs, read_records(out_dir), _image_names(out_dir), cfg.retry_failed
+            )
+            summary.already_present = _count_true(already)
+            summary.skipped_failed_before = _count_true(skipped)
+            todo = joined.filter(download).select(["id", "url"])
+            summary.to_download = todo.num_rows
+            logger.info(
+                "%d ids: %d with their image already, %d skipped (failed permanently before; --retry-failed "
+                "retries them), %d to download", summary.ids, summary.already_present,
+                summary.skipped_failed_before, summary.to_download,
+            )  # fmt: skip
+            # an image of an earlier URL is not this id's image
+            for image_id in joined.filter(_pyarrow().compute.and_(changed, download))["id"].to_pylist():
+                for name in _files_of_id(out_dir, image_id):
+                    (out_dir / name).unlink()
+            if todo.num_rows:
+                runs = _run_dirs(meta)
+                number = int(_RUN_DIR.fullmatch(runs[-1].name)[1]) + 1 if runs else 0
+                run_dir = meta / f"run-{number:04d}"
+                run_dir.mkdir()
+                _pyarrow().parquet.write_table(todo, run_dir / "input.parquet")
+                summary.run = str(run_dir)
+                checker.seen.clear()
+                checker.successes = checker.failures = 0
+                status = _run_img2dataset(run_dir, cfg, lock_fd, checker)
+                if status != 0:
+                    _tidy_run(run_dir)
+                    raise InputError(f"{run_dir}: img2dataset stopped with exit status {status} (its messages "
+                                     "are above); the shards it finished are kept, a rerun goes on")  # fmt: skip
+                _run_summary(run_dir, summary)
         finally:
-            bar.close()
-    summary.failures_in_report = _compact_report(report_path, present)
+            checker.close()
+    summary.without_image = summary.ids - summary.already_present - summary.downloaded
     summary.seconds = round(time.time() - start, 1)
     logger.info(
-        "downloaded %d images (%.1f MB), %d there already, %d failed now, %d "
-        "skipped as failed before; %d ids without image in %s (%.0fs)",
-        summary.downloaded, summary.bytes / 1e6, summary.already_present, summary.failed,
-        summary.skipped_failed_before, summary.failures_in_report, report_path, summary.seconds,
+        "downloaded %d images, %d there already, %d failed now, %d skipped as failed before, %d not done; "
+        "%d ids without image (%.0fs)", summary.downloaded, summary.already_present, summary.failed,
+        summary.skipped_failed_before, summary.unfinished, summary.without_image, summary.seconds,
     )  # fmt: skip
     return summary
