@@ -146,7 +146,11 @@ def iterator_rate(data_bin: Path, store_dir: Path, split: str, workers: int, sec
     dataset = task.dataset(split)
     itr = task.get_batch_iterator(dataset, max_sentences=64, seed=1, num_workers=workers,
                                   required_batch_size_multiple=1).next_epoch_itr(shuffle=True)  # fmt: skip
-    first = next(itr)  # workers started, first batches in flight
+    first = next(itr)  # workers started
+    warm_up = time.perf_counter()
+    for _ in itr:  # untimed: each worker opens the shards it meets (their chunk indexes)
+        if time.perf_counter() - warm_up > seconds / 4:
+            break
     done, start = 0, time.perf_counter()
     main_cpu, tree_cpu = time.process_time(), tree_cpu_time()
     for sample in itr:
@@ -183,6 +187,8 @@ def main():
 
     disk = disk_ceiling(shards, args.seconds)
     store = open_store(str(work / "store"))
+    for start in store.offsets[:-1] if hasattr(store, "offsets") else [0]:
+        store.read_row(int(start))  # every shard opened (its chunk index read) before any timing
     rows = np.random.default_rng(1).permutation(len(store))
     drop_from_page_cache(shards)
     cold_reads = store_reads(store, rows, args.seconds)
