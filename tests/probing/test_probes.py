@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tests.probing.probe_helpers import run_probe
-from vtlm_fairseq.probing.masked_words import SpanMaskedDataset, ambiguous_word_spans, normalise, word_spans
+from vtlm_fairseq.data.words import normalise, word_spans
+from vtlm_fairseq.probing.masked_words import SpanMaskedDataset, ambiguous_word_spans
 from vtlm_fairseq.toy_world import read_annotations
 
 

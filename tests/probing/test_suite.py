@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tests.probing.probe_helpers import run_probe
-from vtlm_fairseq.probing.translation import EntityMaskedSource, EntityWords, recovery
+from vtlm_fairseq.data.words import EntityWords
+from vtlm_fairseq.probing.translation import EntityMaskedSource, recovery
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,11 @@ def test_suite_command_writes_report_and_plots(toy_data, vtlm_checkpoint, mmt_ch
         (o, m) for o in ("aligned", "shuffled", "shuffled") for m in ("en", "de", "both")]
     assert all(r["en_ppl"] >= 1 for r in last if "en_ppl" in r)
     masking = [r for r in rows if r["probe"] == "entity_masking" and r["model"] == "MMT"]
-    assert [r["mode"] for r in masking] == ["none", "mask", "zero", "delete"]
+    # the MMT with its images, another sentence's and none: what the image adds
+    assert [(r["images"], r["mode"]) for r in masking] == [
+        (images, mode) for images in ("aligned", "shuffled", "none") for mode in ("none", "mask", "zero", "delete")]
     assert all(0 <= r["entity_recall"] <= 100 and r["entities"] > 0 and "ambiguous_acc" in r for r in masking)
+    assert {r["images"] for r in rows if r["probe"] == "entity_masking" and r["model"] == "NMT"} == {"none"}
     assert [r["images"] for r in rows if r["probe"] == "incongruent"] == ["aligned", "shuffled", "reversed"]
     report = (out / "probes.md").read_text()
     for title in ("Masked last word", "Entity masking", "Incongruent decoding"):

@@ -326,3 +326,22 @@ def test_a_store_without_any_image_of_a_split_and_a_negative_seed(toy_data, tmp_
                              "--image-order", "shuffled", "--image-order-seed", "-5", *tiny])  # fmt: skip
     with pytest.raises(InputError, match="--image-order-seed must be at least 0, not -5"):
         task.load_dataset("test")
+
+
+def test_source_degradation_masks_training_entities_only(toy_data):
+    """--source-entity-mask-prob 1 masks every entity word of the training
+    sources (a <mask> per word), and leaves validation sources alone."""
+    data, store, world = toy_data
+    _, task = setup_fairseq([str(data), "--task", "multimodal_translation", "--region-features", str(store),
+                             "--arch", "vtlm_translation_tiny", "--source-entity-mask-prob", "1",
+                             "--entity-words", str(world / "lexicon.json")])  # fmt: skip
+    for split in ("train", "valid"):
+        task.load_dataset(split)
+    train, valid = task.dataset("train"), task.dataset("valid")
+    train.set_epoch(1)
+    mask = task.mask_idx
+    masked = [int((train[i]["source"] == mask).sum()) for i in range(20)]
+    assert all(n >= 1 for n in masked)  # every toy caption names an object
+    assert all(int((valid[i]["source"] == mask).sum()) == 0 for i in range(20))
+    plain = task.datasets["train"].src[0]  # the binarised source, untouched
+    assert len(train[0]["source"]) <= len(plain) + 1 and mask not in plain.tolist()

@@ -170,7 +170,7 @@ def _probe(args):
 
     if args.command == "suite":
         from ..probing.suite import run_suite
-        from ..probing.translation import EntityWords
+        from ..data.words import EntityWords
 
         for option in ("pretrained", "translation", "annotations"):
             _distinct(f"--{option}", [name for name, _ in getattr(args, option)])

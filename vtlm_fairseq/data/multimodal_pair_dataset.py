@@ -10,6 +10,7 @@ from fairseq.data import BaseWrapperDataset, LanguagePairDataset
 
 from .batching import KeepAllBatchesMixin, first_epoch_seed
 from .region_dataset import RegionFeatureDataset
+from .source_degradation import SourceDegrader
 
 
 def _reorder(batch, order):
@@ -57,6 +58,8 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
     ``net_input`` (``region_features``, ``region_boxes``, ``region_mask``).
     ``corpus_order`` batches in corpus order (generation output then comes
     out in corpus order too); otherwise by length, as fairseq does.
+    ``degrade_source``: masks or deletes source words at random (training
+    sources, see source_degradation).
     ``item_ids``: the id item i has in its batch (default: i), which
     fairseq-interactive numbers its output by: the good lines of an input
     buffer keep their line's id when bad lines are left out."""
@@ -70,9 +73,11 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
         on_batch=None,
         item_ids=None,
         order_seed: Optional[int] = None,
+        degrade_source: Optional[SourceDegrader] = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.degrade_source = degrade_source
         self.order_seed = order_seed
         self.item_ids = None if item_ids is None else np.asarray(item_ids, dtype=np.int64)
         self.on_batch = on_batch
@@ -87,9 +92,16 @@ class MultimodalPairDataset(KeepAllBatchesMixin, LanguagePairDataset):
         item = super().__getitem__(index)
         if self.item_ids is not None:
             item["id"] = int(self.item_ids[index])
+        if self.degrade_source is not None:
+            item["source"] = self.degrade_source(item["source"], self.pair_index(index))
         if self.regions is not None:
             item["regions"] = self.regions[self.pair_index(index)]
         return item
+
+    def set_epoch(self, epoch):
+        super().set_epoch(epoch)
+        if self.degrade_source is not None:
+            self.degrade_source.set_epoch(epoch)
 
     def collater(self, samples, pad_to_length=None):
         batch = super().collater(samples, pad_to_length=pad_to_length)

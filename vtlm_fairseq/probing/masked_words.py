@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from fairseq.data import BaseWrapperDataset, data_utils
 
-from ..text.tokenization import strip_accents
+from ..data.words import normalise, word_spans
 from ..errors import InputError
 from .inputs import annotations_path, check_annotations
 
@@ -17,27 +17,6 @@ logger = logging.getLogger(__name__)
 
 # (dataset index) -> list of (half, first token, end token) spans; half 0 = source
 Spans = Dict[int, List[Tuple[int, int, int]]]
-
-
-def word_spans(dictionary, tokens: Sequence[int], bpe_separator: str = "@@") -> List[Tuple[str, int, int]]:
-    """Words of a binarised sentence as (normalised word, start, end) over
-    token positions; BPE pieces ending in ``@@`` join the next piece."""
-    spans, start, pieces = [], 0, []
-    for i, tok in enumerate(tokens):
-        if tok == dictionary.eos():
-            break
-        piece = dictionary[tok]
-        if piece.endswith(bpe_separator):
-            pieces.append(piece[: -len(bpe_separator)])
-            continue
-        pieces.append(piece)
-        spans.append((normalise("".join(pieces)), start, i + 1))
-        pieces, start = [], i + 1
-    return spans
-
-
-def normalise(word: str) -> str:
-    return strip_accents(word.lower())
 
 
 class SpanMaskedDataset(BaseWrapperDataset):

@@ -74,11 +74,15 @@ def plot_masked_words(rows: List[dict], probe: str, path: Path) -> Path:
 
 def plot_entity_masking(rows: List[dict], path: Path) -> Path:
     """BLEU and entity recall per source masking mode, NMT vs MMT."""
-    chosen = [r for r in rows if r.get("probe") == "entity_masking"]
+    def system(r):  # an MMT's other image conditions are series of their own
+        images = r.get("images", "aligned")
+        return r["model"] if r["kind"] != "MMT" or images == "aligned" else f"{r['model']}, {images} images"
+
+    chosen = [dict(r, system=system(r)) for r in rows if r.get("probe") == "entity_masking"]
     modes = list(dict.fromkeys(r["mode"] for r in chosen))
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, metric, label in ((axes[0], "bleu_tok_lc", "BLEU (tok, lc)"), (axes[1], "entity_recall", "entity recall (%)")):
-        _bars(ax, modes, _one_run_series(chosen, "model", "mode", modes, metric), label, f"{label} by source masking")
+        _bars(ax, modes, _one_run_series(chosen, "system", "mode", modes, metric), label, f"{label} by source masking")
     return _save(fig, path)
 
 

@@ -11,7 +11,8 @@ from ..errors import InputError
 from ..hub import load_checkpoint
 from ..output_paths import output_folder
 from .masked_words import last_word_probe, probe_ambiguous_words
-from .translation import EntityWords, entity_masking_probe, incongruent_decoding, raw_references
+from ..data.words import EntityWords
+from .translation import entity_masking_probe, incongruent_decoding, raw_references
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,10 @@ def run_suite(
         model, task, kind = load_checkpoint(checkpoint, overrides, kinds=("NMT", "MMT"),
                                             purpose="vtlm-probe suite --translation")  # fmt: skip
         refs = raw_references(task, split, references)
-        found = entity_masking_probe(model, task, split, words, refs, beam=beam, annotations=annotations.get(split))
+        # an MMT also with shuffled and with no images: what the image adds to the entities it recovers
+        images = ("aligned", "shuffled", "none") if kind == "MMT" else ("none",)
+        found = entity_masking_probe(model, task, split, words, refs, beam=beam, annotations=annotations.get(split),
+                                     images=images, seed=seeds[0])  # fmt: skip
         if kind == "MMT":
             found += incongruent_decoding(model, task, split, refs, seed=seeds[0], beam=beam,
                                           annotations=annotations.get(split))  # fmt: skip
@@ -127,11 +131,14 @@ def markdown_report(rows: List[dict]) -> str:
         amb = any("ambiguous_acc" in r for r in masking)
         out += ["## Entity masking (translation models)", "",
                 "source entity words: none, replaced by [MASK], [MASK] with a zeroed embedding, deleted; "
-                "recall = masked entities whose German word is in the translation (of those in the reference)", "",
-                "| model | kind | source | BLEU (detok) | BLEU (tok, lc) | entity recall % |" + (" ambiguous acc % |" if amb else ""),
-                "|---|---|---|---|---|---|" + ("---|" if amb else "")]  # fmt: skip
+                "recall = masked entities whose German word is in the translation (of those in the reference); "
+                "images: the MMT's own (aligned), another sentence's (shuffled) or none", "",
+                "| model | kind | images | source | BLEU (detok) | BLEU (tok, lc) | entity recall % |"
+                + (" ambiguous acc % |" if amb else ""),
+                "|---|---|---|---|---|---|---|" + ("---|" if amb else "")]  # fmt: skip
         for r in masking:
-            out.append(f"| {r['model']} | {r['kind']} | {r['mode']} | {r['bleu_detok']:.2f} | {r['bleu_tok_lc']:.2f} | "
+            out.append(f"| {r['model']} | {r['kind']} | {r.get('images', '-')} | {r['mode']} | {r['bleu_detok']:.2f} | "
+                       f"{r['bleu_tok_lc']:.2f} | "
                        f"{r['entity_recall']:.1f} ({r['entities']}) |" + (f" {_pct(r.get('ambiguous_acc'))} |" if amb else ""))  # fmt: skip
         out.append("")
     incongruent = [r for r in rows if r.get("probe") == "incongruent"]

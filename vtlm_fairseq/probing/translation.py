@@ -5,12 +5,10 @@ the models translate, and we report BLEU and how often the masked entity's
 German word still appears in the translation. Incongruent decoding gives the
 MMT shuffled or reversed images."""
 
-import json
 import logging
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from fairseq.data import BaseWrapperDataset
@@ -21,48 +19,11 @@ from ..errors import InputError
 from ..hub import data_bin_manifest
 from ..scoring import score
 from .inputs import check_annotations
-from .masked_words import normalise, word_spans
+from ..data.words import EntityWords, normalise, word_spans
 
 logger = logging.getLogger(__name__)
 
 MODES = ("mask", "zero", "delete")
-MULTI30K_WORDS = Path(__file__).resolve().parents[1] / "resources" / "entity_words.en-de.json"
-
-
-@dataclass
-class EntityWords:
-    """Normalised English entity word -> its normalised German equivalents."""
-
-    german: Dict[str, Set[str]]
-
-    @classmethod
-    def load(cls, path=None) -> "EntityWords":
-        """The Multi30k list (default), or a toy world's ``lexicon.json``."""
-        path = Path(path or MULTI30K_WORDS)
-        if not path.is_file():
-            raise InputError(f"{path}: no such word list")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as e:  # not UTF-8, not JSON
-            raise InputError(f"{path}: not a JSON word list ({e})") from None
-        if not isinstance(data, dict) or not {"entries", "nouns"} & set(data):
-            raise InputError(f"{path}: neither an entity word list (with 'entries') nor a toy world lexicon "
-                             "(with 'nouns')")  # fmt: skip
-        german: Dict[str, Set[str]] = {}
-        try:
-            if "entries" in data:  # the repo's list: {class, en: [...], de: [...]}
-                for entry in data["entries"]:
-                    for en in entry["en"]:
-                        german.setdefault(normalise(en), set()).update(normalise(d) for d in entry["de"])
-            else:  # toy world lexicon: one entry per sense
-                for noun in data["nouns"]:
-                    german.setdefault(normalise(noun["en"]), set()).add(normalise(noun["de"]))
-        except (KeyError, TypeError, AttributeError) as e:
-            kind = "entity word list (entries of en, de)" if "entries" in data else "toy world lexicon (nouns: en, de)"
-            raise InputError(f"{path}: not a well-formed {kind}: {type(e).__name__} {e}") from None
-        if not german:
-            raise InputError(f"{path}: no words in it")
-        return cls(german)
 
 
 class EntityMaskedSource(BaseWrapperDataset):
@@ -148,21 +109,55 @@ def recovery(hypotheses: Sequence[str], references_tok: Sequence[str], masked: S
     return recovered, counted
 
 
+IMAGE_CONDITIONS = ("aligned", "shuffled", "reversed", "none")
+
+
+@contextmanager
+def image_condition(task, condition: str, seed: int = 1):
+    """The task's datasets, while inside, pair sentences with their images
+    (aligned), with other images (shuffled: seeded; reversed), or with none
+    (an MMT then translates from the text alone)."""
+    if condition not in IMAGE_CONDITIONS:
+        raise ValueError(f"image condition must be one of {IMAGE_CONDITIONS}: {condition}")
+    saved = task.store, task.cfg.image_order, task.cfg.image_order_seed
+    if condition == "none":
+        task.store = None
+    else:
+        task.cfg.image_order, task.cfg.image_order_seed = condition, seed
+    try:
+        yield
+    finally:
+        task.store, task.cfg.image_order, task.cfg.image_order_seed = saved
+
+
 def entity_masking_probe(model, task, split: str, words: EntityWords, references: Sequence[str],
                          modes: Sequence[str] = ("none",) + MODES, beam: int = 8,
-                         annotations=None) -> List[dict]:  # fmt: skip
+                         annotations=None, images: Sequence[str] = ("aligned",), seed: int = 1) -> List[dict]:  # fmt: skip
     """BLEU (and ambiguous-word accuracy with annotations) of the plain
     sources and of each masked version, and the recovery rate of the masked
-    entity words."""
-    task.load_dataset(split)
-    base = task.dataset(split)
-    if annotations is not None:
-        check_annotations(annotations, len(base), task, split)
+    entity words; for an MMT under each image condition of ``images``
+    (aligned, shuffled, none: what the image adds beyond the text prior)."""
     tokenizer = MosesPipeline(task.cfg.target_lang, lowercase=True, strip_accents=True)
     refs_tok = [tokenizer(r) for r in references]
     unknown = set(modes) - {"none", *MODES}
     if unknown:
         raise ValueError(f"masking modes must be none or one of {MODES}: {sorted(unknown)}")
+    if task.store is None:
+        images = ("none",)  # a text-only model: the one condition there is
+    rows = []
+    for condition in images:
+        with image_condition(task, condition, seed):
+            task.load_dataset(split)
+            rows += [dict(r, images=condition) for r in _entity_masking_rows(
+                model, task, split, words, references, refs_tok, modes, beam, annotations)]
+    task.load_dataset(split)  # the task's own condition again
+    return rows
+
+
+def _entity_masking_rows(model, task, split, words, references, refs_tok, modes, beam, annotations) -> List[dict]:
+    base = task.dataset(split)
+    if annotations is not None:
+        check_annotations(annotations, len(base), task, split)
     masked = EntityMaskedSource(base, task.source_dictionary, words, "mask", task.mask_idx)
     rows = []
     for mode in modes:
@@ -188,8 +183,8 @@ def incongruent_decoding(model, task, split: str, references: Sequence[str], ord
     reversed image order."""
     rows = []
     for order in orders:
-        task.cfg.image_order, task.cfg.image_order_seed = order, seed
-        task.load_dataset(split)
+        with image_condition(task, order, seed):
+            task.load_dataset(split)
         if annotations is not None:
             check_annotations(annotations, len(task.dataset(split)), task, split)
         hyps = translate_dataset(model, task, task.dataset(split), beam)
@@ -199,7 +194,7 @@ def incongruent_decoding(model, task, split: str, references: Sequence[str], ord
         if annotations is not None:
             row["ambiguous_acc"] = scores["ambiguous_word_accuracy"]
         rows.append(row)
-    task.cfg.image_order = "aligned"
+    task.load_dataset(split)  # the task's own image order again
     return rows
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from fairseq import utils
 from fairseq.data import PrependTokenDataset, data_utils
+from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
@@ -24,6 +25,8 @@ from omegaconf import II
 from ..data.feature_store import open_store
 from ..data.multimodal_pair_dataset import IndexSubsetDataset, MultimodalPairDataset
 from ..data.region_dataset import RegionFeatureDataset
+from ..data.source_degradation import DegradationSettings, SourceDegrader
+from ..data.words import EntityWords
 from ..data.splits import MASK_SYMBOL, load_pair_text, load_split_regions, load_vocabulary, split_data_path
 from ..errors import InputError
 from ..languages import language_ids
@@ -49,6 +52,27 @@ class MultimodalTranslationConfig(TranslationConfig, ImageOptions):
     finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
     checkpoint_suffix: str = II("checkpoint.checkpoint_suffix")
     seed: int = II("common.seed")
+    # source degradation (training split only): the image must make up for it
+    source_entity_mask_prob: float = field(
+        default=0.0,
+        metadata={"help": "training: each entity word of a source (--entity-words: things an image shows) is "
+                  "masked or deleted (--source-mask-mode) with this probability, drawn anew each epoch, so that "
+                  "the model learns to take it from the image (default: 0, off)"},
+    )
+    source_word_mask_prob: float = field(
+        default=0.0,
+        metadata={"help": "training: each other source word (not punctuation) is masked or deleted with this "
+                  "probability (default: 0, off)"},
+    )
+    source_mask_mode: ChoiceEnum(["mask", "delete"]) = field(
+        default="mask",
+        metadata={"help": "mask: a degraded word becomes one <mask>; delete: it is removed (default: mask)"},
+    )
+    entity_words: Optional[str] = field(
+        default=None,
+        metadata={"help": "entity word list for --source-entity-mask-prob (JSON: the probes' format, or a toy "
+                  "world's lexicon.json; default: the Multi30k list, resources/entity_words.en-de.json)"},
+    )
 
 
 def _tensor_state(meter):
@@ -164,6 +188,7 @@ class MultimodalTranslationTask(TranslationTask):
         training = split == self.cfg.train_subset
         self.datasets[split] = MultimodalPairDataset(
             source, source.sizes, self.src_dict, target, target.sizes, self.tgt_dict,
+            degrade_source=self.source_degrader() if training else None,
             left_pad_source=self.cfg.left_pad_source,
             left_pad_target=self.cfg.left_pad_target,
             shuffle=training,
@@ -176,6 +201,17 @@ class MultimodalTranslationTask(TranslationTask):
             "%s %s: %d sentence pairs%s", data_path, split, len(self.datasets[split]),
             f" with images ({self.cfg.image_order})" if regions is not None else "",
         )  # fmt: skip
+
+    def source_degrader(self) -> Optional[SourceDegrader]:
+        """The training sources' degradation, or None when it is off."""
+        settings = DegradationSettings(self.cfg.source_entity_mask_prob, self.cfg.source_word_mask_prob,
+                                       self.cfg.source_mask_mode)  # fmt: skip
+        if not settings.active:
+            return None
+        words = EntityWords.load(self.cfg.entity_words)
+        logger.info("training sources degraded (%s): entity words %.2f, other words %.2f; %d entity words",
+                    settings.mode, settings.entity_prob, settings.word_prob, len(words.german))  # fmt: skip
+        return SourceDegrader(self.src_dict, words, settings, self.mask_idx, self.cfg.seed)
 
     # -- fairseq-interactive --
     # Each input line is "IMAGE_NAME<TAB>sentence" (with a store) or a

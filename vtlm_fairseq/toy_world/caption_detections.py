@@ -21,7 +21,7 @@ import numpy as np
 from ..text.corpus import CorpusError, check_parallel, find_text_file, read_lines, read_order_file
 from ..data.feature_store import FeatureStoreWriter
 from ..errors import InputError
-from ..probing.masked_words import normalise
+from ..data.words import normalise
 from .lexicon import class_ids
 from .scenes import RegionPrototypes
 
