@@ -74,7 +74,7 @@ def test_a_compressed_store_is_read_through_hdf5(tmp_path):
             dst.create_dataset(key, data=d[:], chunks=(1,) + d.shape[1:] if d.ndim > 1 else None, **options)
     for path in ("plain.h5", "packed.h5"):
         store = FeatureStore(tmp_path / path)
-        store._h5()
+        store._open()
         assert (store._direct["features"] is None) == (path == "packed.h5")
         for name, regions in written.items():
             got = store.read(name)

@@ -232,16 +232,17 @@ def test_rows_for_order_file_policies(tmp_path):
 def test_lazy_handle_per_process_and_pickling(tmp_path):
     make_store(tmp_path / "s.h5")
     store = FeatureStore(tmp_path / "s.h5")
-    assert store._file is None  # nothing held open after validation
+    assert not store.is_open  # nothing held open after validation
     store.read("img0.jpg")
-    assert store._file is not None
+    assert store.is_open and store._file is None  # rows read with pread: no HDF5 handle held
     clone = pickle.loads(pickle.dumps(store))
-    assert clone._file is None
+    assert not clone.is_open and clone._fd is None
     np.testing.assert_array_equal(clone.read("img3.jpg").classes, store.read("img3.jpg").classes)
-    store._pid = -1  # as seen from a forked child: the inherited handle is not reused
-    old = store._file
+    store._pid = -1  # as seen from a forked child: the inherited descriptor is not reused
+    old = store._fd
     store.read("img0.jpg")
-    assert store._file is not old
+    assert store.is_open and store._fd != old
+    os.close(old)
 
 
 def test_merge_shards(tmp_path):

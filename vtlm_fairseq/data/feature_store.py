@@ -588,17 +588,28 @@ class FeatureStore(_StoreReads):
             self.validate(scan_features=validate == "full")
         self._features_checked = self.validated or validate == "full"
 
-    # -- file handle, per process --
-    def _h5(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
+    # -- file handles, per process --
+    def _open(self) -> None:
+        """This process's handles: a file descriptor that rows are read from
+        with one pread each where the layout allows (chunk_reads), and an
+        HDF5 handle only where it does not. The HDF5 file is closed once the
+        chunk offsets are read: reading them loads the chunk index into
+        HDF5's metadata cache, some 400 bytes an image that a process would
+        otherwise hold for every shard it reads."""
+        if self._fd is not None and self._pid == os.getpid():
+            return
+        self._pid, self._file, self._datasets = os.getpid(), None, {}
+        self._fd = os.open(self.path, os.O_RDONLY)
+        with h5_file(self.path) as f:
+            self._direct = {key: DirectRows.of(f[key], self._fd) for key in _ROW_KEYS}
+
+    def _hdf5_rows(self, key: str) -> h5py.Dataset:
+        """A dataset read through HDF5 (layouts chunk_reads cannot serve)."""
+        if self._file is None:
             self._file = h5_file(self.path)
-            self._pid = os.getpid()
             # looked up once: h5py's lookup by name costs several times a row's read
-            self._datasets = {key: self._file[key] for key in _ROW_KEYS}
-            # rows read with one pread each where the layout allows (chunk_reads)
-            self._fd = os.open(self.path, os.O_RDONLY)
-            self._direct = {key: DirectRows.of(d, self._fd) for key, d in self._datasets.items()}
-        return self._file
+            self._datasets = {k: self._file[k] for k in _ROW_KEYS}
+        return self._datasets[key]
 
     def _rows(self, key: str, row: int, n: int) -> np.ndarray:
         """The first n entries of a row of a dataset."""
@@ -607,17 +618,18 @@ class FeatureStore(_StoreReads):
             out = direct.read(row, n)
             if out is not None:
                 return out
-        return self._datasets[key][row, :n]
+        return self._hdf5_rows(key)[row, :n]
 
     @property
     def is_open(self) -> bool:
-        return self._file is not None and self._pid == os.getpid()
+        return self._fd is not None and self._pid == os.getpid()
 
     def close(self):
         if self.is_open:
-            self._file.close()
+            if self._file is not None:
+                self._file.close()
             os.close(self._fd)
-        self._file = None
+        self._file, self._fd = None, None
         self._datasets, self._direct = {}, {}
 
     def __getstate__(self):
@@ -657,7 +669,7 @@ class FeatureStore(_StoreReads):
         return self._lookup
 
     def read_row(self, row: int) -> RegionFeatures:
-        self._h5()
+        self._open()
         n = int(self.region_counts[row])
         k = self.num_regions
         scores = self._rows("scores", row, n)
