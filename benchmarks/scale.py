@@ -30,6 +30,7 @@ start-up RSS at most 1.2x from 10k to 1M images).
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -161,10 +162,12 @@ def stages_of(folder: Path, tsvs: Dict[str, Path], download: bool, server: Optio
     out = {}
     if download:
         live = {}
+        (folder / "live").mkdir(exist_ok=True)
         for split, tsv in tsvs.items():  # the server's port of this run
-            live[split] = tsv.with_name(tsv.name + ".live")
+            live[split] = folder / "live" / tsv.name
             live[split].write_text(tsv.read_text().replace("PORT_MARKER", server.address))
         images = folder / "images"
+        shutil.rmtree(images, ignore_errors=True)  # a fresh download, not a rerun that finds everything there
         results["download"] = run_stage([vtlm_cc, "download", *map(str, live.values()), "--out", str(images),
                                          "--processes", str(workers), "--threads", "16", "--timeout", "10"],
                                         env={**os.environ, "no_proxy": "127.0.0.1"})  # fmt: skip
