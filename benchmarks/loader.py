@@ -31,7 +31,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as a script t
 
 import numpy as np  # noqa: E402
 
-from benchmarks.benchlib import Report, Row, base_parser, fairseq_setup, quiet_logging, set_threads, tree_cpu_time  # noqa: E402
+from benchmarks.benchlib import (  # noqa: E402
+    Report,
+    Row,
+    Sample,
+    base_parser,
+    fairseq_setup,
+    interleaved,
+    quiet_logging,
+    set_threads,
+    timed_row,
+    tree_cpu_time,
+)
 
 R, D = 36, 1536
 IMAGE_BYTES = R * D * 2
@@ -164,6 +175,52 @@ def iterator_rate(data_bin: Path, store_dir: Path, split: str, workers: int, sec
     return {"rate": done / wall, "main_us": 1e6 * main / done, "worker_us": 1e6 * worker / done if workers else 0.0}
 
 
+def read_paths(store, rows: np.ndarray, repeats: int) -> Dict[str, List[Sample]]:
+    """read_row through pread (chunk_reads) and through HDF5 (the
+    datasets' own reads), warm, in interleaved rounds."""
+    shards = getattr(store, "shards", [store])
+
+    def through(direct: bool):
+        for shard in shards:
+            shard.close()
+            if not direct:  # opened with HDF5 as the only way in
+                shard._open()
+                shard._direct = {key: None for key in shard._direct}
+        return lambda: store_reads(store, rows, 1e9)
+
+    blocks = {"pread": lambda: through(True)(), "HDF5": lambda: through(False)()}
+    return interleaved(blocks, repeats)
+
+
+def write_paths(folder: Path, images: int, repeats: int) -> Dict[str, List[Sample]]:
+    """The store writer gathering 256 images per write (as it does) against
+    a write per image (its former way: blocks of one), interleaved."""
+    from vtlm_fairseq.data import feature_store
+    from vtlm_fairseq.data.feature_store import FeatureStoreWriter, RegionFeatures
+
+    rng = np.random.default_rng(2)
+    regions = RegionFeatures(rng.standard_normal((R, D)).astype(np.float16),
+                             np.tile(np.array([0.1, 0.1, 0.5, 0.5], np.float32), (R, 1)),
+                             np.arange(R, dtype=np.int16), np.linspace(1, 0.1, R, dtype=np.float32))  # fmt: skip
+
+    def write(rows_per_block: int):
+        def block():
+            saved, feature_store._RowBlock.ROWS = feature_store._RowBlock.ROWS, rows_per_block
+            try:
+                with FeatureStoreWriter(folder / "write-test.h5", num_regions=R, feature_dim=D, overwrite=True) as w:
+                    for i in range(images):
+                        w.add(f"i{i}", regions)
+            finally:
+                feature_store._RowBlock.ROWS = saved
+            return images
+        return block
+
+    try:
+        return interleaved({"blocks of 256": write(256), "one image per write": write(1)}, repeats)
+    finally:
+        (folder / "write-test.h5").unlink(missing_ok=True)
+
+
 def main():
     parser = base_parser(__doc__.split("\n\n")[0], repeats=1)
     parser.add_argument("--store-gb", type=float, default=40.0, help="size of the store's features (default 40)")
@@ -196,6 +253,12 @@ def main():
     warm_reads = store_reads(store, rows[:WARM_IMAGES], args.seconds)
     report.add(Row("loader", "images/s, cold", "read_row, 1 process", "disk ceiling", cold_reads, disk,
                    cold_reads / disk, note="random order over the whole store"))  # fmt: skip
+    paths = read_paths(store, rows[: min(WARM_IMAGES, 20_000)], repeats=3)
+    report.add(timed_row("loader", "images/s, warm", paths, "pread", "HDF5", clock="wall",
+                         note="read_row, one pread per dataset vs h5py's reads"))  # fmt: skip
+    writes = write_paths(work, 2000, repeats=3)
+    report.add(timed_row("loader", "images/s written", writes, "blocks of 256", "one image per write", clock="wall",
+                         note="FeatureStoreWriter, 36 x 1536 float16, fsync at close"))  # fmt: skip
     report.add(Row("loader", "images/s, warm", "read_row, 1 process", "target", warm_reads, TARGET,
                    warm_reads / TARGET))  # fmt: skip
 
