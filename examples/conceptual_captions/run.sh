@@ -22,7 +22,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 WORK="${WORK:-work_dirs/cc}"
 GPUS="${GPUS:-1}"
 IMAGES="$WORK/images"
-FEATURES="$WORK/features.h5"
+FEATURES="$WORK/features"  # extraction shards, read as one store
 DATA="$WORK/data-bin"
 SHARED="${VTLM_SHARED:-$ROOT/../shared}"
 TSVS=("$CC/cc-en-de.tsv.train" "$CC/cc-en-de.tsv.valid" "$CC/cc-en-de.tsv.test")
@@ -49,9 +49,11 @@ fi
 cat "$WORK/with_images/filter_report.json"
 
 stage "3/6 region features on $GPUS GPU(s) -> $FEATURES"
-if [ ! -f "$FEATURES" ]; then
+if [ ! -f "$FEATURES/.complete" ]; then
     : "${DETECTOR:?set DETECTOR to the SavedModel folder of the detector}"
     GPUS="$GPUS" "$HERE/extract_features.sh" "$DETECTOR" "$IMAGES" "$WORK/with_images/images.txt" "$FEATURES"
+    vtlm-features validate "$FEATURES" > /dev/null  # every shard checked together (no image in two), once
+    touch "$FEATURES/.complete"
 else
     echo "reusing $FEATURES"
 fi

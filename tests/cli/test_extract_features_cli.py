@@ -1,17 +1,18 @@
 """vtlm-extract-features: the console command, its errors and the documented
-shards-then-merge recipe."""
+sharded recipe (shards read as one)."""
 
 import json
-import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.features import tiny_detector as tiny
-from vtlm_fairseq.cli import extract_features, features
-from vtlm_fairseq.data.feature_store import FeatureStore
+from vtlm_fairseq.cli import extract_features
+from vtlm_fairseq.data.feature_store import FeatureStore, open_store
 
 
 def test_help_needs_no_tensorflow(capsys):
@@ -31,39 +32,31 @@ def test_bad_image_list_exits_2_naming_the_line(tmp_path, caplog):
     assert "list.txt:2: image name contains whitespace" in caplog.text
 
 
-def test_two_shard_processes_then_merge(tmp_path, caplog):
-    """The README recipe: shard 0 as a console command (its own process, as
-    on its own GPU), shard 1 in this process, then vtlm-features merge."""
-    caplog.set_level(logging.INFO)
+def test_sharded_extraction_script_shards_read_as_one(tmp_path):
+    """examples/conceptual_captions/extract_features.sh: two shard processes
+    (as on two GPUs) into one folder, read as one store without a merge;
+    MERGE=ONE.h5 merges them too (small sets)."""
     tiny.require_tensorflow()
     detector = tiny.build_tiny_detector(tmp_path / "detector")
     good = tiny.make_image_folder(tmp_path / "images")
     (tmp_path / "images.txt").write_text(tiny.IMAGE_LIST)
-    common = ["--detector", detector, "--image-dir", tmp_path / "images", "--image-list",
-              tmp_path / "images.txt", "--num-shards", 2, "--max-regions", 3, "--num-classes",
-              tiny.NUM_CLASSES, "--batch-size", 2]  # fmt: skip
-    command = Path(sys.executable).parent / "vtlm-extract-features"
-    assert command.exists(), f"{command} missing: install the package with pip install -e ."
-    proc = subprocess.run(
-        [str(a) for a in [command, *common, "--shard-id", 0, "--output", tmp_path / "part0.h5",
-                          "--report", tmp_path / "failed0.jsonl"]],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    script = REPO / "examples" / "conceptual_captions" / "extract_features.sh"
+    env = {**os.environ, "GPUS": "2", "MERGE": str(tmp_path / "all.h5"),
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
+    proc = subprocess.run(["bash", str(script), str(detector), str(tmp_path / "images"), str(tmp_path / "images.txt"),
+                           str(tmp_path / "shards"), "--max-regions", "3", "--num-classes", str(tiny.NUM_CLASSES),
+                           "--batch-size", "2"], capture_output=True, text=True, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "shard 0 of 2: 6 images of 11 unique names" in proc.stderr and proc.stdout == ""
-    assert "img/s" in proc.stderr  # the progress bar
-    shard0 = [json.loads(line)["image"] for line in (tmp_path / "failed0.jsonl").read_text().splitlines()]
-
-    with pytest.raises(SystemExit) as e:
-        extract_features.cli_main([str(a) for a in [*common, "--shard-id", 1, "--output", tmp_path / "part1.h5",
-                                                    "--no-progress"]])  # fmt: skip
-    assert e.value.code == 0 and "shard 1 of 2: 5 images of 11 unique names" in caplog.text
-    shard1 = [json.loads(line)["image"] for line in (tmp_path / "part1.failures.jsonl").read_text().splitlines()]
-    assert sorted(shard0 + shard1) == sorted(tiny.FAILED)
-
-    with pytest.raises(SystemExit) as e:
-        features.cli_main(["merge", str(tmp_path / "all.h5"), str(tmp_path / "part0.h5"), str(tmp_path / "part1.h5")])
-    assert e.value.code == 0
+    shards = sorted(p.name for p in (tmp_path / "shards").glob("*.h5"))
+    assert shards == ["shard-0-of-2.h5", "shard-1-of-2.h5"]
+    logs = [(tmp_path / "shards" / f"{name}.log").read_text() for name in shards]
+    assert "shard 0 of 2: 6 images of 11 unique names" in logs[0]
+    assert "shard 1 of 2: 5 images of 11 unique names" in logs[1]
+    failed = [json.loads(line)["image"] for name in ("shard-0-of-2", "shard-1-of-2")
+              for line in (tmp_path / "shards" / f"{name}.failures.jsonl").read_text().splitlines()]  # fmt: skip
+    assert sorted(failed) == sorted(tiny.FAILED)
+    store = open_store(str(tmp_path / "shards"))
+    assert sorted(store.names) == sorted(good)
     assert sorted(FeatureStore(tmp_path / "all.h5").names) == sorted(good)
 
 
