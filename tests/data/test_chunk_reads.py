@@ -37,27 +37,27 @@ def h5(tmp_path):
 @pytest.mark.parametrize("key", ["features", "boxes", "classes"])
 def test_rows_and_their_prefixes_equal_h5py(h5, key):
     f, fd = h5
-    rows = DirectRows.of(f[key], fd)
+    rows = DirectRows.of(f[key])
     assert rows is not None
     for row in (0, 1, 63, 64, 255, 256, 299):
         for items in (None, 0, 3, R):
             expected = f[key][row] if items is None else f[key][row, :items]
-            got = rows.read(row, items)
+            got = rows.read(fd, row, items)
             assert got.dtype == expected.dtype and got.shape == expected.shape
             np.testing.assert_array_equal(got, expected)
 
 
 def test_layouts_that_need_hdf5_are_left_to_it(h5):
     f, fd = h5
-    assert DirectRows.of(f["packed"], fd) is None  # compressed
-    assert DirectRows.of(f["split_rows"], fd) is None  # a row spans chunks
+    assert DirectRows.of(f["packed"]) is None  # compressed
+    assert DirectRows.of(f["split_rows"]) is None  # a row spans chunks
 
 
 def test_a_chunk_never_written_is_no_row(h5):
     f, fd = h5
-    rows = DirectRows.of(f["grown"], fd)
-    np.testing.assert_array_equal(rows.read(5), f["grown"][5])
-    assert rows.read(150) is None  # h5py would give the fill value
+    rows = DirectRows.of(f["grown"])
+    np.testing.assert_array_equal(rows.read(fd, 5), f["grown"][5])
+    assert rows.read(fd, 150) is None  # h5py would give the fill value
 
 
 def test_a_compressed_store_is_read_through_hdf5(tmp_path):
@@ -74,9 +74,40 @@ def test_a_compressed_store_is_read_through_hdf5(tmp_path):
             dst.create_dataset(key, data=d[:], chunks=(1,) + d.shape[1:] if d.ndim > 1 else None, **options)
     for path in ("plain.h5", "packed.h5"):
         store = FeatureStore(tmp_path / path)
-        store._open()
-        assert (store._direct["features"] is None) == (path == "packed.h5")
+        store.prepare_reads()
+        assert (store._layouts["features"] is None) == (path == "packed.h5")
         for name, regions in written.items():
             got = store.read(name)
             np.testing.assert_allclose(got.features, regions.features, atol=4e-3, rtol=1e-3)
             np.testing.assert_array_equal(got.boxes, regions.boxes)
+
+
+def test_prepared_reads_need_no_hdf5_call(tmp_path, monkeypatch):
+    """Once prepared (as a dataset does when it is built), rows are read
+    without any HDF5 call, also by a copy of the store (a DataLoader worker):
+    a reader thread then never holds HDF5's global lock, which an exiting
+    process could wait for forever."""
+    import pickle
+
+    import vtlm_fairseq.data.feature_store as feature_store
+
+    rng = np.random.default_rng(3)
+    written = {f"i{k}.jpg": random_regions(rng, n, 16) for k, n in enumerate((4, 0, 2, 3))}
+    with FeatureStoreWriter(tmp_path / "s.h5", num_regions=4, feature_dim=16) as w:
+        for name, regions in written.items():
+            w.add(name, regions)
+    store = FeatureStore(tmp_path / "s.h5")
+    rows = store.find_rows(list(written))
+    store.prepare_reads()
+    copy = pickle.loads(pickle.dumps(store))
+
+    def no_hdf5(*args, **kwargs):
+        raise AssertionError("HDF5 opened while reading rows")
+
+    monkeypatch.setattr(feature_store, "h5_file", no_hdf5)
+    monkeypatch.setattr(h5py, "File", no_hdf5)
+    for reader in (store, copy):
+        for (name, regions), row in zip(written.items(), rows):
+            got = reader.read_row(int(row))
+            assert len(got) == len(regions)
+            np.testing.assert_array_equal(got.classes, regions.classes)

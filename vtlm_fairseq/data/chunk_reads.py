@@ -22,11 +22,13 @@ import numpy as np
 
 
 class DirectRows:
-    """Reads the leading part of any row of ``dataset`` (first axis: rows)
-    from the file open as ``fd``."""
+    """Where each row of ``dataset`` (first axis: rows) lies in its file, and
+    reads of a row's leading part from a descriptor of that file. The layout
+    is a fact of the file: it is read once (in the process that prepares a
+    dataset) and holds in DataLoader workers too, which then never call
+    HDF5 (whose global lock a killed or exiting reader thread could hold)."""
 
-    def __init__(self, dataset: h5py.Dataset, fd: int):
-        self.fd = fd
+    def __init__(self, dataset: h5py.Dataset):
         self.dtype = dataset.dtype
         self.row_shape = dataset.shape[1:]
         self.item_bytes = int(np.prod(self.row_shape[1:], dtype=np.int64)) * self.dtype.itemsize  # one sub-row
@@ -41,18 +43,19 @@ class DirectRows:
         dataset.id.chunk_iter(record)
 
     @classmethod
-    def of(cls, dataset: h5py.Dataset, fd: int) -> Optional["DirectRows"]:
-        """A reader for ``dataset``, or None where its layout needs HDF5."""
+    def of(cls, dataset: h5py.Dataset) -> Optional["DirectRows"]:
+        """The layout of ``dataset``, or None where reading it needs HDF5."""
         chunks = dataset.chunks
         if (chunks is None or tuple(chunks[1:]) != tuple(dataset.shape[1:]) or dataset.compression is not None
                 or dataset._filters or not hasattr(dataset.id, "chunk_iter") or dataset.dtype.byteorder == ">"
                 or not dataset.dtype.isnative or dataset.dtype.kind not in "fiu"):  # fmt: skip
             return None
-        return cls(dataset, fd)
+        return cls(dataset)
 
-    def read(self, row: int, items: Optional[int] = None) -> Optional[np.ndarray]:
+    def read(self, fd: int, row: int, items: Optional[int] = None) -> Optional[np.ndarray]:
         """Row ``row``, or its first ``items`` entries along the row's first
-        axis; None when the row's chunk was never written."""
+        axis, from ``fd`` (the file, open); None when the row's chunk was
+        never written."""
         offset = self.offsets[row // self.chunk_rows]
         if offset < 0:
             return None
@@ -60,7 +63,7 @@ class DirectRows:
         out = np.empty(shape, dtype=self.dtype)
         if out.nbytes:
             start = int(offset) + (row % self.chunk_rows) * self.row_bytes
-            got = os.preadv(self.fd, [out], start)
+            got = os.preadv(fd, [out], start)
             if got != out.nbytes:
                 raise OSError(f"short read: {got} of {out.nbytes} bytes at {start}")
         return out

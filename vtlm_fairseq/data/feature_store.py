@@ -493,6 +493,12 @@ class _StoreReads:
         """Rows of the names, -1 for those not in the store (vectorised)."""
         return _find_rows(*self._name_lookup(), names)
 
+    def forget_names(self) -> None:
+        """Drops the name index (built again by the next lookup): a training
+        process looks names up once per split and then reads by row; at 1M
+        images the index is some 20 MB it need not hold."""
+        self._lookup = None
+
     def __contains__(self, name: str) -> bool:
         return bool(self.find_rows([name])[0] >= 0)
 
@@ -554,7 +560,8 @@ class FeatureStore(_StoreReads):
         self._pid: Optional[int] = None
         self._datasets: Dict[str, h5py.Dataset] = {}
         self._fd: Optional[int] = None
-        self._direct: Dict[str, Optional[DirectRows]] = {}
+        # row layouts (chunk_reads), read once by prepare_reads
+        self._layouts: Optional[Dict[str, Optional[DirectRows]]] = None
         # loaded on first use, in each process: the name index, the region
         # counts (2 bytes per image) and the list of names
         self._lookup: Optional[Tuple[np.ndarray, np.ndarray]] = None
@@ -588,20 +595,27 @@ class FeatureStore(_StoreReads):
             self.validate(scan_features=validate == "full")
         self._features_checked = self.validated or validate == "full"
 
-    # -- file handles, per process --
-    def _open(self) -> None:
-        """This process's handles: a file descriptor that rows are read from
-        with one pread each where the layout allows (chunk_reads), and an
-        HDF5 handle only where it does not. The HDF5 file is closed once the
-        chunk offsets are read: reading them loads the chunk index into
-        HDF5's metadata cache, some 400 bytes an image that a process would
-        otherwise hold for every shard it reads."""
-        if self._fd is not None and self._pid == os.getpid():
+    # -- reads --
+    def prepare_reads(self) -> None:
+        """Reads what reading rows needs from HDF5, once: the region counts
+        and each dataset's row layout (chunk_reads). Rows are then read with
+        one pread each, without any HDF5 call, also in DataLoader workers
+        (which inherit or unpickle this); only layouts chunk_reads cannot
+        serve are read through HDF5. The chunk index is read with the file
+        open and the file closed after: kept open, HDF5's metadata cache
+        would hold it at some 400 bytes an image of every shard read."""
+        if self._layouts is not None:
             return
-        self._pid, self._file, self._datasets = os.getpid(), None, {}
-        self._fd = os.open(self.path, os.O_RDONLY)
         with h5_file(self.path) as f:
-            self._direct = {key: DirectRows.of(f[key], self._fd) for key in _ROW_KEYS}
+            self._counts = f["num_regions"][: self._count] if self._counts is None else self._counts
+            self._layouts = {key: DirectRows.of(f[key]) for key in _ROW_KEYS}
+
+    def _descriptor(self) -> int:
+        """This process's file descriptor of the store."""
+        if self._fd is None or self._pid != os.getpid():
+            self._pid, self._file, self._datasets = os.getpid(), None, {}
+            self._fd = os.open(self.path, os.O_RDONLY)
+        return self._fd
 
     def _hdf5_rows(self, key: str) -> h5py.Dataset:
         """A dataset read through HDF5 (layouts chunk_reads cannot serve)."""
@@ -613,9 +627,9 @@ class FeatureStore(_StoreReads):
 
     def _rows(self, key: str, row: int, n: int) -> np.ndarray:
         """The first n entries of a row of a dataset."""
-        direct = self._direct[key]
-        if direct is not None:
-            out = direct.read(row, n)
+        layout = self._layouts[key]
+        if layout is not None:
+            out = layout.read(self._fd, row, n)
             if out is not None:
                 return out
         return self._hdf5_rows(key)[row, :n]
@@ -630,12 +644,13 @@ class FeatureStore(_StoreReads):
                 self._file.close()
             os.close(self._fd)
         self._file, self._fd = None, None
-        self._datasets, self._direct = {}, {}
+        self._datasets = {}
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_file=None, _pid=None, _datasets={}, _direct={}, _fd=None, _lookup=None, _counts=None,
-                     _names=None)  # fmt: skip
+        # handles stay behind; the row layouts and region counts travel (a
+        # DataLoader worker reads rows without calling HDF5)
+        state.update(_file=None, _pid=None, _datasets={}, _fd=None, _lookup=None, _names=None)
         return state
 
     # -- lookup --
@@ -669,7 +684,8 @@ class FeatureStore(_StoreReads):
         return self._lookup
 
     def read_row(self, row: int) -> RegionFeatures:
-        self._open()
+        self.prepare_reads()
+        self._descriptor()
         n = int(self.region_counts[row])
         k = self.num_regions
         scores = self._rows("scores", row, n)
@@ -817,6 +833,11 @@ class ShardedFeatureStore(_StoreReads):
             for shard in self.shards:  # the merged index replaces theirs
                 shard._lookup = None
         return self._lookup
+
+    def prepare_reads(self) -> None:
+        """Every shard's (FeatureStore.prepare_reads): about 1 us an image."""
+        for shard in self.shards:
+            shard.prepare_reads()
 
     def _shard_of(self, row: int) -> int:
         return bisect.bisect_right(self._starts, row) - 1  # a Python list: faster than numpy for one row

@@ -4,7 +4,7 @@ split's order file (line i = image of sentence pair i)."""
 import itertools
 import logging
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -83,13 +83,20 @@ class RegionFeatureDataset(FairseqDataset):
         image_names: Sequence[str],
         source: str = "order file",
         missing: str = "fail",
+        order_file: Optional[str] = None,
     ):
         super().__init__()
         self.store = store
-        # fixed-width UTF-8 bytes: a few bytes a pair, where a list of str
-        # costs some 70 (and is copied to every DataLoader worker)
-        self.image_names = encode_names(image_names)
-        self.rows, absent = store.rows_for(self.image_names, source, missing)
+        # the names are looked up once, then the dataset reads by row; an
+        # order file's names are read from it again where a message or a
+        # probe needs one (at 1M pairs a process need not hold megabytes)
+        self._order_file = order_file
+        self._names = None if order_file is not None else list(image_names)
+        self.rows, absent = store.rows_for(encode_names(image_names), source, missing)
+        store.forget_names()
+        # here, in the process that builds the dataset: reading rows then
+        # needs no HDF5 call, in fairseq's prefetch thread or its workers
+        store.prepare_reads()
         self.kept_indices = np.nonzero(self.rows >= 0)[0]
         if absent:
             logger.warning(
@@ -97,7 +104,7 @@ class RegionFeatureDataset(FairseqDataset):
                 "(first: line %d, '%s')",
                 source,
                 len(absent),
-                len(image_names),
+                len(self.rows),
                 store.path,
                 absent[0][0],
                 absent[0][1],
@@ -111,11 +118,13 @@ class RegionFeatureDataset(FairseqDataset):
         while chunk := list(itertools.islice(names, 65536)):
             chunks.append(encode_names(chunk))
         names = np.concatenate(chunks) if chunks else encode_names([])
-        return cls(store, names, str(order_path), missing)
+        return cls(store, names, str(order_path), missing, order_file=str(order_path))
 
     def image_name(self, index: int) -> str:
         """The image name of sentence pair ``index`` (its order-file line)."""
-        return self.image_names[index].decode()
+        if self._names is not None:
+            return self._names[index]
+        return next(itertools.islice(iter_order_file(self._order_file), index, None))
 
     def reorder_images(self, mode: str, seed: int = 1) -> None:
         """Incongruent images for controls and probes: 'shuffled' gives each

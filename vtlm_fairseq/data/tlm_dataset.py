@@ -80,8 +80,9 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         counts = np.asarray(dictionary.count)
         vocab = np.arange(len(dictionary))
         self.random_vocab = vocab[(vocab >= dictionary.nspecial) & (counts > 0) & (vocab != mask_idx)]
-        src_sizes = np.asarray(src.sizes, dtype=np.int64)[self.pair_indices]
-        tgt_sizes = np.asarray(tgt.sizes, dtype=np.int64)[self.pair_indices]
+        # int32: two arrays a pair, kept for the whole run
+        src_sizes = np.asarray(src.sizes, dtype=np.int32)[self.pair_indices]
+        tgt_sizes = np.asarray(tgt.sizes, dtype=np.int32)[self.pair_indices]
         self.half_sizes = np.maximum(src_sizes, tgt_sizes) + 1
         self.sizes = src_sizes + tgt_sizes + 2 + (regions.store.num_regions if regions else 0)
 
