@@ -42,4 +42,10 @@ from . import checkpoint_safety  # noqa: E402
 # that copy atomic, so that a kill or a full disk never corrupts it.
 checkpoint_safety.install()
 
+from . import clean_exit  # noqa: E402
+
+# fairseq's batch-prefetching thread, torn down inside torch's C++ code at
+# exit, aborts a finished run (status 134): stop it first.
+clean_exit.install()
+
 from . import criterions, models, tasks  # noqa: E402,F401  (fairseq registries)
