@@ -10,7 +10,8 @@ stage a command of its own with its wall time and peak RSS:
 - **prepare**: ``vtlm-cc prepare`` (streamed tokenisation, BPE,
   fairseq-preprocess);
 - **store open**: the extraction's shards opened as one store and every
-  image of the training split looked up (what a training process does);
+  image of the training split looked up, as a training process builds its
+  dataset (``RegionFeatureDataset.from_order_file``);
 - **training start-up**: ``fairseq-train`` VTLM (``vtlm_tiny``) on the
   data-bin and the shards, to its first update;
 - **100 updates**: the same run to update 100.
@@ -148,10 +149,10 @@ def run_stage(command: List[str], env: Optional[dict] = None) -> Dict[str, float
 
 STORE_OPEN = """import sys
 from vtlm_fairseq.data.feature_store import open_store
-from vtlm_fairseq.text.corpus import read_order_file
+from vtlm_fairseq.data.region_dataset import RegionFeatureDataset
 store = open_store(sys.argv[1])
-rows, _ = store.rows_for(read_order_file(sys.argv[2]), source=sys.argv[2])
-print(len(store), "images,", len(rows), "looked up")
+regions = RegionFeatureDataset.from_order_file(store, sys.argv[2])
+print(len(store), "images,", len(regions), "pairs looked up")
 """
 
 

@@ -49,8 +49,24 @@ def test_missing_images_fail_or_drop(tmp_path, store):
         RegionFeatureDataset.from_order_file(store, order)
     ds = RegionFeatureDataset.from_order_file(store, order, missing="drop")
     assert ds.kept_indices.tolist() == [0, 2] and ds.num_dropped == 1
-    with pytest.raises(IndexError, match="sentence pair 1 has no image"):
+    with pytest.raises(IndexError, match="sentence pair 1 has no image \\('missing.jpg'"):
         ds[1]
+
+
+def test_order_files_are_looked_up_in_chunks_with_their_line_numbers(tmp_path, store, monkeypatch):
+    from vtlm_fairseq.data import region_dataset
+
+    store, _ = store
+    monkeypatch.setattr(region_dataset, "ORDER_CHUNK_LINES", 3)
+    names = ["img0.jpg", "gone.jpg", "img2.jpg", "img1.jpg", "img3.jpg", "img0.jpg", "lost.jpg", "img2.jpg"]
+    order = tmp_path / "train.order"
+    order.write_text("\n".join(names) + "\n")
+    with pytest.raises(FeatureStoreError, match=r"train\.order:2: image 'gone\.jpg' .*\(1 more images missing\)"):
+        RegionFeatureDataset.from_order_file(store, order)
+    ds = RegionFeatureDataset.from_order_file(store, order, missing="drop")
+    whole = RegionFeatureDataset(store, [n if n in store else "x" for n in names], missing="drop")
+    assert ds.rows.tolist() == whole.rows.tolist() and ds.kept_indices.tolist() == [0, 2, 3, 4, 5, 7]
+    assert [ds.image_name(i) for i in (6, 7)] == ["lost.jpg", "img2.jpg"]  # read again from the order file
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])

@@ -512,9 +512,10 @@ class _StoreReads:
         return self.read_row(self.row(name))
 
     def rows_for(
-        self, names: Sequence[str], source: str = "order file", missing: str = "fail"
+        self, names: Sequence[str], source: str = "order file", missing: str = "fail", first_line: int = 1
     ) -> Tuple[np.ndarray, List[Tuple[int, str]]]:
-        """Store rows of a list of image names (e.g. an order file's lines).
+        """Store rows of a list of image names (e.g. an order file's lines,
+        the first of them line ``first_line``).
 
         missing='fail' raises on the first absent image, naming ``source`` and
         its line; 'drop' gives row -1 for absent images and returns them as
@@ -522,15 +523,20 @@ class _StoreReads:
         if missing not in ("fail", "drop"):
             raise ValueError(f"missing must be 'fail' or 'drop', not {missing!r}")
         rows = self.find_rows(names)
-        absent = [(int(i) + 1, _text(names[i])) for i in np.nonzero(rows < 0)[0]]
+        absent = [(int(i) + first_line, _text(names[i])) for i in np.nonzero(rows < 0)[0]]
         if absent and missing == "fail":
-            line, name = absent[0]
-            more = f" ({len(absent) - 1} more images missing)" if len(absent) > 1 else ""
-            raise FeatureStoreError(
-                f"{source}:{line}: image '{name}' is not in {self.path}{more}; "
-                "use the 'drop' policy for missing images to skip those sentence pairs"
-            )
+            raise self.missing_images(source, absent)
         return rows, absent
+
+    def missing_images(self, source: str, absent: List[Tuple[int, str]]) -> "FeatureStoreError":
+        """The error for images of ``source`` absent from the store: the
+        first (line, name) and how many more."""
+        line, name = absent[0]
+        more = f" ({len(absent) - 1} more images missing)" if len(absent) > 1 else ""
+        return FeatureStoreError(
+            f"{source}:{line}: image '{name}' is not in {self.path}{more}; "
+            "use the 'drop' policy for missing images to skip those sentence pairs"
+        )
 
 
 class FeatureStore(_StoreReads):

@@ -4,7 +4,7 @@ split's order file (line i = image of sentence pair i)."""
 import itertools
 import logging
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,8 @@ from ..text.corpus import iter_order_file
 from .feature_store import FeatureStore, RegionFeatures, encode_names
 
 logger = logging.getLogger(__name__)
+
+ORDER_CHUNK_LINES = 65536  # order-file lines looked up at a time
 
 
 def region_tensors(regions: RegionFeatures) -> dict:
@@ -83,42 +85,50 @@ class RegionFeatureDataset(FairseqDataset):
         image_names: Sequence[str],
         source: str = "order file",
         missing: str = "fail",
-        order_file: Optional[str] = None,
     ):
         super().__init__()
+        rows, absent = store.rows_for(encode_names(image_names), source, missing)
+        self._setup(store, rows, absent, source, names=list(image_names))
+
+    @classmethod
+    def from_order_file(cls, store: FeatureStore, order_path, missing: str = "fail"):
+        """The images of an order file's lines, looked up a chunk of lines at
+        a time: a process never holds every name (at 1M pairs the names and
+        the lookup's temporaries would add some 100 MB to its peak)."""
+        if missing not in ("fail", "drop"):
+            raise ValueError(f"missing must be 'fail' or 'drop', not {missing!r}")
+        source, rows, absent, line = str(order_path), [], [], 1
+        names = iter_order_file(order_path)
+        while chunk := list(itertools.islice(names, ORDER_CHUNK_LINES)):
+            found, lost = store.rows_for(encode_names(chunk), source, "drop", first_line=line)
+            rows.append(found)
+            absent += lost
+            line += len(chunk)
+        if absent and missing == "fail":
+            raise store.missing_images(source, absent)
+        dataset = cls.__new__(cls)
+        FairseqDataset.__init__(dataset)
+        dataset._setup(store, np.concatenate(rows) if rows else np.empty(0, np.int64), absent, source,
+                       order_file=source)  # fmt: skip
+        return dataset
+
+    def _setup(self, store, rows: np.ndarray, absent, source: str, names=None, order_file=None) -> None:
         self.store = store
-        # the names are looked up once, then the dataset reads by row; an
-        # order file's names are read from it again where a message or a
-        # probe needs one (at 1M pairs a process need not hold megabytes)
-        self._order_file = order_file
-        self._names = None if order_file is not None else list(image_names)
-        self.rows, absent = store.rows_for(encode_names(image_names), source, missing)
-        store.forget_names()
+        self.rows = rows
+        # the dataset reads by row; an order file's names are read from it
+        # again where a message or a probe needs one
+        self._names, self._order_file = names, order_file
+        store.forget_names()  # looked up once per split
         # here, in the process that builds the dataset: reading rows then
         # needs no HDF5 call, in fairseq's prefetch thread or its workers
         store.prepare_reads()
         self.kept_indices = np.nonzero(self.rows >= 0)[0]
         if absent:
             logger.warning(
-                "%s: %d of %d sentence pairs have no image in %s and are dropped "
-                "(first: line %d, '%s')",
-                source,
-                len(absent),
-                len(self.rows),
-                store.path,
-                absent[0][0],
-                absent[0][1],
-            )
+                "%s: %d of %d sentence pairs have no image in %s and are dropped (first: line %d, '%s')",
+                source, len(absent), len(self.rows), store.path, absent[0][0], absent[0][1],
+            )  # fmt: skip
         self.num_dropped = len(absent)
-
-    @classmethod
-    def from_order_file(cls, store: FeatureStore, order_path, missing: str = "fail"):
-        """The order file's names, read in chunks (never a list of them all)."""
-        chunks, names = [], iter_order_file(order_path)
-        while chunk := list(itertools.islice(names, 65536)):
-            chunks.append(encode_names(chunk))
-        names = np.concatenate(chunks) if chunks else encode_names([])
-        return cls(store, names, str(order_path), missing, order_file=str(order_path))
 
     def image_name(self, index: int) -> str:
         """The image name of sentence pair ``index`` (its order-file line)."""
