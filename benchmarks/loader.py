@@ -20,6 +20,7 @@ batches per measurement.
     python benchmarks/loader.py --store-gb 2 --seconds 5        # a quick look
 """
 
+import multiprocessing
 import os
 import random
 import sys
@@ -175,6 +176,16 @@ def iterator_rate(data_bin: Path, store_dir: Path, split: str, workers: int, sec
     return {"rate": done / wall, "main_us": 1e6 * main / done, "worker_us": 1e6 * worker / done if workers else 0.0}
 
 
+def in_child(function, *args):
+    """function(*args) in a forked child process: its DataLoader workers are
+    the only children there, so their CPU is counted alone, and nothing of an
+    earlier measurement's iterator lives on into the next one's workers."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+        return pool.submit(function, *args).result()
+
+
 def read_paths(store, rows: np.ndarray, repeats: int) -> Dict[str, List[Sample]]:
     """read_row through pread (chunk_reads) and through HDF5 (the
     datasets' own reads), warm, in interleaved rounds."""
@@ -183,9 +194,10 @@ def read_paths(store, rows: np.ndarray, repeats: int) -> Dict[str, List[Sample]]
     def through(direct: bool):
         for shard in shards:
             shard.close()
-            if not direct:  # opened with HDF5 as the only way in
-                shard._open()
-                shard._direct = {key: None for key in shard._direct}
+            shard._layouts = None
+            shard.prepare_reads()
+            if not direct:  # no row layouts: every row read through HDF5
+                shard._layouts = {key: None for key in shard._layouts}
         return lambda: store_reads(store, rows, 1e9)
 
     blocks = {"pread": lambda: through(True)(), "HDF5": lambda: through(False)()}
@@ -269,7 +281,7 @@ def main():
                 drop_from_page_cache(shards)
             else:  # every image of the split read once
                 store_reads(store, np.arange(min(WARM_IMAGES, len(store))), 1e9)
-            m = iterator_rate(data_bin, work / "store", split, workers, args.seconds)
+            m = in_child(iterator_rate, data_bin, work / "store", split, workers, args.seconds)
             rates[f"{condition} {workers}"] = m
             ceiling = f"{m['rate'] / (disk if condition == 'cold' else warm_reads):.2f}x the " + (
                 "disk" if condition == "cold" else "warm read_row") + " ceiling"

@@ -30,6 +30,7 @@ start-up RSS at most 1.2x from 10k to 1M images).
 """
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -192,6 +193,22 @@ def stages_of(folder: Path, tsvs: Dict[str, Path], download: bool, server: Optio
     return results
 
 
+def finished_sizes(path: Optional[Path], report: Report) -> Dict[int, Dict[str, Dict[str, float]]]:
+    """The sizes an earlier, killed run measured in full, if it ran the same
+    commit with the same arguments; nothing otherwise."""
+    if path is None or not Path(path).exists():
+        return {}
+    earlier = json.loads(Path(path).read_text())
+    same_code = earlier.get("environment", {}).get("git_head") == report.environment().get("git_head")
+    free = ("sizes", "resume", "json")
+    same_arguments = {k: v for k, v in earlier.get("arguments", {}).items() if k not in free} == {
+        k: str(v) for k, v in vars(report.args).items() if k not in free}  # fmt: skip
+    if not (same_code and same_arguments):
+        print(f"{path}: another commit or other arguments; measuring every size", file=sys.stderr)
+        return {}
+    return {int(size): stages for size, stages in earlier.get("stages", {}).items() if set(stages) == set(STAGES)}
+
+
 def main():
     parser = base_parser(__doc__.split("\n\n")[0], repeats=1)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
@@ -203,12 +220,18 @@ def main():
     parser.add_argument("--shard-images", type=int, default=10_000, help="images per store shard (default 10k)")
     parser.add_argument("--workers", type=int, default=2, help="processes of download and prepare (default 2)")
     parser.add_argument("--updates", type=int, default=100, help="updates of the training stage (default 100)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the sizes that --json already holds in full from a run of the same commit "
+                             "and arguments (a run killed part-way goes on with the next size)")
     args = parser.parse_args()
     report = Report("scale", args)
+    measured = finished_sizes(args.json, report) if args.resume else {}
     server = ImageServer()
-    measured: Dict[int, Dict[str, Dict[str, float]]] = {}
     try:
         for size in args.sizes:
+            if size in measured:
+                print(f"[{size}] kept from {args.json}", file=sys.stderr, flush=True)
+                continue
             folder = args.work / "scale" / f"n{size}"
             began = time.time()
             tsvs = generate(folder, size, args.regions, args.feature_dim, args.shard_images, "PORT_MARKER")
@@ -216,7 +239,7 @@ def main():
             measured[size] = stages_of(folder, tsvs, size <= args.download_max, server, args.workers, args.updates)
             for stage, m in measured[size].items():
                 print(f"[{size}] {stage}: {m['seconds']:.1f} s, {m['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
-            report.extra["stages"] = {str(k): v for k, v in measured.items()}
+            report.extra["stages"] = {str(k): v for k, v in sorted(measured.items())}
             report.save()
     finally:
         server.close()
