@@ -310,7 +310,13 @@ def test_ctrl_c_during_download_is_one_line_and_a_rerun_continues(server, tmp_pa
     tsv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "images"
     run = out / RECORDS_DIR / "run-0000"
-    options = ["--out", str(out), "--processes", "2", "--threads", "1", "--shard-size", "1", "--timeout", "30"]
+    # a slow request is held for longer than the download timeout, far longer
+    # than a prompt stop takes even on a loaded machine: a run that waited
+    # for its slow downloads would take over 90 s
+    options = ["--out", str(out), "--processes", "2", "--threads", "1", "--shard-size", "1", "--timeout", "100"]
+    slow_route = server.routes["/slow.jpg"]
+    good_jpg = server.routes["/good.jpg"]
+    server.routes["/slow.jpg"] = lambda h: (server.stop.wait(120), good_jpg(h))
     proc = subprocess.Popen([VTLM_CC, "download", str(tsv), *options], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
@@ -322,10 +328,11 @@ def test_ctrl_c_during_download_is_one_line_and_a_rerun_continues(server, tmp_pa
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)
         interrupted = time.monotonic()
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=240)
     finally:
         proc.kill()
-    assert time.monotonic() - interrupted < 20, "the interrupt waited for the slow downloads"
+        server.routes["/slow.jpg"] = slow_route
+    assert time.monotonic() - interrupted < 45, "the interrupt waited for the slow downloads"
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted (Ctrl-C)" in stderr.strip().splitlines()[-1]
     assert stdout == ""  # no summary for an interrupted run
