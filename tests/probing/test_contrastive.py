@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from tests.conftest import SHARED
+from tests.conftest import SHARED, shared_path
 from tests.probing.probe_helpers import run_probe
 from vtlm_fairseq.errors import InputError
 from vtlm_fairseq.probing.contrastive import derangement
@@ -98,8 +98,7 @@ def test_log_probs_equal_the_model_s_by_hand(mmt_rows, mmt_checkpoint, toy_data)
 
 
 def test_nmt_on_commute_text(nmt_checkpoint, toy_data, tmp_path, capsys):
-    if not COMMUTE.is_dir():
-        pytest.skip(f"{COMMUTE} is missing: the CoMMuTE en-de text (../shared/data/commute/en-de)")
+    shared_path("data", "commute", "en-de")  # fails, naming it, where the shared data is absent
     data, store, _ = toy_data
     out = tmp_path / "rows.json"
     assert run_probe(["contrastive", nmt_checkpoint, COMMUTE, "--data", data, "--region-features", store,
