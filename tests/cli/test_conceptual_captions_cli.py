@@ -317,8 +317,11 @@ def test_ctrl_c_during_download_is_one_line_and_a_rerun_continues(server, tmp_pa
     slow_route = server.routes["/slow.jpg"]
     good_jpg = server.routes["/good.jpg"]
     server.routes["/slow.jpg"] = lambda h: (server.stop.wait(120), good_jpg(h))
+    # as a terminal's foreground job: Ctrl-C handled, even where the suite
+    # itself runs with SIGINT ignored (a background job of a shell script)
     proc = subprocess.Popen([VTLM_CC, "download", str(tsv), *options], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         deadline = time.monotonic() + 120  # the plugin's import takes seconds on a loaded machine
         # the fast ids come first: once they are recorded and a slow one
