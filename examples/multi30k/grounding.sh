@@ -18,7 +18,11 @@
 #   examples/multi30k/grounding.sh [WORK] [UPDATES] [PRETRAIN_UPDATES]
 #     (defaults: work_dirs/grounding 1000 2500; VTLM_SHARED=path of ../shared)
 # Settings: DEGRADE (entity-word mask probability, default 0.5), MASK_PROB
-# (pre-training word masking, default 0.4), SEED (default 1), BEAM (5).
+# (pre-training word masking, default 0.4), SEED (default 1), BEAM (5),
+# SCENE_POOL (the detections' filling classes, default non-entity: the
+# image tells which entity a caption names; named: the corpus's most named
+# classes fill every image, as in the first measurements), JOBS (trainings
+# run at once, default 1; with JOBS>1 each gets OMP_NUM_THREADS=cores/JOBS).
 # Every stage whose output exists is reused; a killed run resumes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -30,6 +34,9 @@ DEGRADE="${DEGRADE:-0.5}"
 MASK_PROB="${MASK_PROB:-0.4}"
 SEED="${SEED:-1}"
 BEAM="${BEAM:-5}"
+SCENE_POOL="${SCENE_POOL:-non-entity}"
+JOBS="${JOBS:-1}"
+THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}"
 M30K="$SHARED/data/multi30k"
 DATA="$WORK/data-bin"
 FEATURES="$WORK/features.h5"
@@ -43,7 +50,7 @@ fi
 if [ ! -f "$FEATURES" ]; then
     stage "simulated detections -> $FEATURES"
     vtlm-toy-world caption-detections "$M30K/raw" "$M30K/image_splits" "$FEATURES" \
-        --num-regions 12 --feature-dim 256 --seed "$SEED" > "$WORK/detections.json"
+        --num-regions 12 --feature-dim 256 --scene-pool "$SCENE_POOL" --seed "$SEED" > "$WORK/detections.json"
 fi
 
 common=(--user-dir "$ROOT/vtlm_fairseq" --optimizer adam --adam-betas '(0.9, 0.98)' --lr 1e-3
@@ -53,25 +60,36 @@ train() {  # name, max updates, fairseq-train args...
     local name="$1" updates="$2"; shift 2
     [ -f "$WORK/$name/finished" ] && return
     stage "train $name ($updates updates)"
-    fairseq-train "$DATA" "${common[@]}" --max-update "$updates" --save-dir "$WORK/$name" "$@" \
-        2>> "$WORK/$name.log"
+    OMP_NUM_THREADS="$THREADS" fairseq-train "$DATA" "${common[@]}" --max-update "$updates" \
+        --save-dir "$WORK/$name" "$@" 2>> "$WORK/$name.log"
     touch "$WORK/$name/finished"
+    stage "trained $name"
 }
+# a failed or stopped run leaves no training behind (each job's fairseq-train, then the job)
+trap 'for j in $(jobs -p); do pkill -TERM -P "$j" || true; kill "$j" 2>/dev/null || true; done' EXIT
+launch() {  # train, JOBS at a time; a failure stops the script
+    [ "$JOBS" -le 1 ] && { train "$@"; return; }
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+    train "$@" &
+}
+finish() { while [ -n "$(jobs -rp)" ]; do wait -n; done; wait; }
 pretrain=(--criterion vtlm_loss --arch vtlm_tiny --mask-prob "$MASK_PROB")
-train tlm "$PRETRAIN" --task tlm "${pretrain[@]}"
-train vtlm "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" "${pretrain[@]}"
+launch tlm "$PRETRAIN" --task tlm "${pretrain[@]}"
+launch vtlm "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" "${pretrain[@]}"
 
 mt=(--task multimodal_translation --arch vtlm_translation_tiny --criterion label_smoothed_cross_entropy
     --label-smoothing 0.1 --dropout 0.3)
 images=(--region-features "$FEATURES")
 degrade=(--source-entity-mask-prob "$DEGRADE")
-train nmt "$UPDATES" "${mt[@]}"
-train nmt_tlm "$UPDATES" "${mt[@]}" --pretrained-checkpoint "$WORK/tlm/checkpoint_last.pt"
-train mmt "$UPDATES" "${mt[@]}" "${images[@]}"
-train mmt_vtlm "$UPDATES" "${mt[@]}" "${images[@]}" --pretrained-checkpoint "$WORK/vtlm/checkpoint_last.pt"
-train mmt_degraded "$UPDATES" "${mt[@]}" "${images[@]}" "${degrade[@]}"
-train mmt_vtlm_degraded "$UPDATES" "${mt[@]}" "${images[@]}" "${degrade[@]}" \
+launch nmt "$UPDATES" "${mt[@]}"
+launch mmt "$UPDATES" "${mt[@]}" "${images[@]}"
+launch mmt_degraded "$UPDATES" "${mt[@]}" "${images[@]}" "${degrade[@]}"
+finish  # the fine-tunings below start from the pre-trained models
+launch nmt_tlm "$UPDATES" "${mt[@]}" --pretrained-checkpoint "$WORK/tlm/checkpoint_last.pt"
+launch mmt_vtlm "$UPDATES" "${mt[@]}" "${images[@]}" --pretrained-checkpoint "$WORK/vtlm/checkpoint_last.pt"
+launch mmt_vtlm_degraded "$UPDATES" "${mt[@]}" "${images[@]}" "${degrade[@]}" \
     --pretrained-checkpoint "$WORK/vtlm/checkpoint_last.pt"
+finish
 
 if [ ! -f "$WORK/probes/probes.json" ]; then
     stage "probe suite on test_2016_flickr (beam $BEAM)"

@@ -82,6 +82,38 @@ def test_recall_and_false_detections_show_in_the_confident_regions(tmp_path):
     assert 1.5 < np.mean(false) < 2.5  # Poisson mean 2 (a random class is rarely a named one)
 
 
+@pytest.mark.parametrize("pool", ["named", "non-entity"])
+def test_scene_pool_decides_which_classes_fill_the_regions(tmp_path, pool):
+    """'named': the corpus's most named classes fill every image, so the fill
+    repeats what captions name; 'non-entity': the fill is never a class of the
+    probes' entity words, so an entity class in the regions is the caption's."""
+    rows = [(f"{i}.jpg", caption) for i, caption in enumerate(
+        ["A man and a dog.", "A man with an orange.", "A woman with a watch.", "A man and a train."] * 30)]
+    raw, splits = write_corpus(tmp_path, {"train": rows})
+    cfg = CaptionDetectionConfig(num_regions=8, feature_dim=4, recall=1.0, duplicate_rate=0.0,
+                                 false_detections=0.0, scene_classes=3, scene_pool=pool)  # fmt: skip
+    stats = write_caption_detections(raw, splits, tmp_path / "f.h5", cfg)
+    names, store = ObjectNames(), FeatureStore(tmp_path / "f.h5")
+    frequency = {}
+    for _, caption in rows:
+        for c in set(names.find(caption)):
+            if pool == "named" or c not in names.entity_classes:
+                frequency[c] = frequency.get(c, 0) + 1
+    expected_pool = sorted(frequency, key=lambda c: (-frequency[c], c))[: cfg.scene_classes]
+    assert stats["scene_classes"] == expected_pool
+    fill = set()
+    for image, caption in rows:
+        regions = store.read(image)
+        named = set(names.find(caption))
+        confident = regions.scores >= NAMED_SCORES[0]
+        assert set(regions.classes[confident].tolist()) == named  # recall 1, no false detections
+        fill.update(regions.classes[~confident].tolist())
+    assert fill <= set(expected_pool) and fill
+    assert (not fill & names.entity_classes) == (pool == "non-entity")
+    named_objects = [c for _, caption in rows for c in set(names.find(caption))]
+    assert stats["splits"]["train"]["named_objects_of_scene_classes"] == sum(c in expected_pool for c in named_objects)
+
+
 def test_deterministic_and_independent_of_split_and_order(tmp_path):
     cfg = CaptionDetectionConfig(num_regions=5, feature_dim=6, false_detections=1.0, scene_classes=50)
     raw, splits = write_corpus(tmp_path / "a")
@@ -123,7 +155,7 @@ def test_command_on_real_multi30k_text(tmp_path):
     assert s["pairs_naming_an_object"] > 0.5 * s["pairs"]
 
 
-@pytest.mark.parametrize("problem", ["no image list", "line counts", "bad recall", "exists"])
+@pytest.mark.parametrize("problem", ["no image list", "line counts", "bad recall", "exists", "no non-entity class"])
 def test_mistakes_are_one_line(tmp_path, problem):
     raw, splits = write_corpus(tmp_path)
     args = [raw, splits, tmp_path / "f.h5"]
@@ -134,10 +166,14 @@ def test_mistakes_are_one_line(tmp_path, problem):
         (splits / "test.txt").write_text("e.jpg\n")
     elif problem == "bad recall":
         args += ["--recall", "1.5"]
+    elif problem == "no non-entity class":
+        (raw / "train.en").write_text("A man.\nA dog.\nA boy.\nA man.\nRain.\n")
+        (raw / "test.en").write_text("A girl.\nMen.\n")
+        args += ["--scene-pool", "non-entity"]
     else:
         (tmp_path / "f.h5").write_text("x")
     out = run_cli(*args)
     assert out.returncode == 2, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
     assert {"no image list": "test.txt", "line counts": "test", "bad recall": "--recall",
-            "exists": "f.h5"}[problem] in out.stderr  # fmt: skip
+            "exists": "f.h5", "no non-entity class": "--scene-pool non-entity"}[problem] in out.stderr  # fmt: skip

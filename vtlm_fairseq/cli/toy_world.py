@@ -58,7 +58,7 @@ def add_config_options(parser, config_class):
             "--" + f.name.replace("_", "-"),
             type=type(getattr(defaults, f.name)),
             default=getattr(defaults, f.name),
-            choices=("float16", "float32") if f.name == "dtype" else None,
+            choices=f.metadata.get("choices"),
             help=f.metadata["help"] + (f" (at least {minimum}; " if minimum else " (") + "default: %(default)s)",
         )
 

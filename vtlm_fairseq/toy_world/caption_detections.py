@@ -12,7 +12,7 @@ import re
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
@@ -24,6 +24,7 @@ from ..errors import InputError
 from ..data.words import normalise
 from .lexicon import class_ids
 from .scenes import RegionPrototypes
+from .world import config_option
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ SCENE_SCORES = (0.05, 0.5)
 _WORD = re.compile(r"[^\W_]+(?:[-'][^\W_]+)*")
 
 
-def _option(default, help: str, minimum=None, maximum=None):
-    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum})
+_option = config_option
+
+SCENE_POOLS = ("named", "non-entity")
 
 
 @dataclass
@@ -47,12 +49,20 @@ class CaptionDetectionConfig:
     seed: int = _option(1, "seed of the prototypes and of every image's detections (images are independent)", 0)
     num_regions: int = _option(12, "regions per image (R)", 1)
     feature_dim: int = _option(256, "region feature dimension (D)", 1)
-    dtype: str = _option("float16", "stored feature precision: float16 or float32")
+    dtype: str = _option("float16", "stored feature precision", choices=("float16", "float32"))
     recall: float = _option(0.9, "chance that an object a caption names is detected", 0.0, 1.0)
     duplicate_rate: float = _option(0.3, "chance of a second, weaker box on a detected object", 0.0, 1.0)
     false_detections: float = _option(1.0, "mean number of confident detections of random classes per image", 0.0)
     scene_classes: int = _option(
         20, "the classes named most often in the corpus that fill the remaining regions (by frequency)", 1
+    )
+    scene_pool: str = _option(
+        "named",
+        "where the filling classes come from: 'named', the classes the corpus names most (people and "
+        "clothing fill most images, so the image hardly tells which of them a caption names); "
+        "'non-entity', the most named classes outside the probes' entity word list (the clutter is never "
+        "what the probes mask, so a detected entity is the caption's)",
+        choices=SCENE_POOLS,
     )
     feature_noise: float = _option(0.5, "std of the noise added to the class prototypes", 0.0)
 
@@ -66,8 +76,9 @@ class CaptionDetectionConfig:
                 raise InputError(f"{option} {value}: the minimum is {minimum}")
             if maximum is not None and value > maximum:
                 raise InputError(f"{option} {value}: a probability, at most {maximum}")
-        if self.dtype not in ("float16", "float32"):
-            raise InputError(f"--dtype {self.dtype}: float16 or float32")
+            choices = f.metadata["choices"]
+            if choices and value not in choices:
+                raise InputError(f"{option} {value}: one of {', '.join(choices)}")
 
 
 class ObjectNames:
@@ -83,8 +94,10 @@ class ObjectNames:
             self.phrases.setdefault(words, cid)
             plural = words[:-1] + (words[-1] + ("es" if words[-1].endswith(("s", "x", "ch", "sh")) else "s"),)
             self.phrases.setdefault(plural, cid)
+        self.entity_classes: Set[int] = set()  # the classes of the probes' entity words
         with open(entity_words, encoding="utf-8") as f:
             for entry in json.load(f)["entries"]:
+                self.entity_classes.add(ids[entry["class"]])
                 for en in entry["en"]:
                     self.phrases[tuple(normalise(en).split())] = ids[entry["class"]]
         self.longest = max(len(p) for p in self.phrases)
@@ -179,6 +192,11 @@ def write_caption_detections(
     frequency = Counter(c for classes in named.values() for c in classes)
     if not frequency:
         raise InputError(f"{raw_dir}: no caption names any detector class; is --lang {lang} the caption language?")
+    if cfg.scene_pool == "non-entity":
+        frequency = Counter({c: n for c, n in frequency.items() if c not in names.entity_classes})
+        if not frequency:
+            raise InputError(f"{raw_dir}: --scene-pool non-entity: the captions name no class outside the "
+                             "entity word list")  # fmt: skip
     # ties broken by class id: the pool does not depend on the corpus's order
     scene = sorted(frequency.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.scene_classes]
     scene_pool = np.array([c for c, _ in scene], dtype=np.int64)
@@ -204,6 +222,8 @@ def write_caption_detections(
             "pairs_naming_an_object": sum(1 for image, _ in rows if named[image]),
             "named_objects": len(named_pairs),
             "named_objects_detected": found,
+            # these may fill any image: the regions hardly tell whether the caption names them
+            "named_objects_of_scene_classes": sum(1 for _, c in named_pairs if c in set(scene_pool.tolist())),
             "mentions": sum(mentions[split].values()),
         }
         logger.info("%s: %d pairs, %d named objects, %.1f%% detected", split, len(rows), len(named_pairs),

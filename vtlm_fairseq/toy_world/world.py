@@ -23,9 +23,14 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "valid", "test")
 
 
-def _option(default, help: str, minimum=None):
-    """A config field with its command-line help (and smallest value)."""
-    return field(default=default, metadata={"help": help, "minimum": minimum})
+def config_option(default, help: str, minimum=None, maximum=None, choices=None):
+    """A config field with its command-line help (and smallest value,
+    largest value, or choices): vtlm-toy-world makes one option of each."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "maximum": maximum,
+                                            "choices": choices})  # fmt: skip
+
+
+_option = config_option
 
 
 @dataclass
@@ -39,7 +44,7 @@ class ToyWorldConfig:
     eval_captions_per_image: int = _option(5, "captions per validation/test scene (image)", 1)
     num_regions: int = _option(36, "regions per image (R)", MIN_REGIONS)
     feature_dim: int = _option(1536, "region feature dimension (D)", 1)
-    dtype: str = _option("float16", "stored feature precision: float16 or float32")
+    dtype: str = _option("float16", "stored feature precision", choices=("float16", "float32"))
     ambiguous_rate: float = _option(0.5, "chance that an object is a sense of an ambiguous noun, in [0, 1]", 0.0)
     feature_noise: float = _option(0.5, "std of the noise added to the class and colour prototypes, non-negative", 0.0)
 
