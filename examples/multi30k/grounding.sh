@@ -10,6 +10,9 @@
 #   mmt_vtlm       MMT fine-tuned from a VTLM
 #   mmt_degraded   MMT from scratch, training sources degraded (entity words masked)
 #   mmt_vtlm_degraded  MMT from the VTLM, sources degraded
+#   mmt_vtlm_entity    MMT fine-tuned from a VTLM pre-trained with entity-first
+#                      masking (--entity-mask-prob: an entity word and its
+#                      German translation masked together)
 #
 # then the probe suite on test_2016_flickr: entity masking (plain, [MASK],
 # zeroed [MASK], deleted entity words) with the correct, shuffled and no
@@ -19,6 +22,7 @@
 #     (defaults: work_dirs/grounding 1000 2500; VTLM_SHARED=path of ../shared)
 # Settings: DEGRADE (entity-word mask probability, default 0.5), MASK_PROB
 # (pre-training word masking, default 0.4), SEED (default 1), BEAM (5),
+# ENTITY_MASK (the entity-first VTLM's --entity-mask-prob, default 0.5),
 # SCENE_POOL (the detections' filling classes, default non-entity: the
 # image tells which entity a caption names; named: the corpus's most named
 # classes fill every image, as in the first measurements), JOBS (trainings
@@ -32,6 +36,7 @@ PRETRAIN="${3:-2500}"
 SHARED="${VTLM_SHARED:-$ROOT/../shared}"
 DEGRADE="${DEGRADE:-0.5}"
 MASK_PROB="${MASK_PROB:-0.4}"
+ENTITY_MASK="${ENTITY_MASK:-0.5}"
 SEED="${SEED:-1}"
 BEAM="${BEAM:-5}"
 SCENE_POOL="${SCENE_POOL:-non-entity}"
@@ -76,6 +81,8 @@ finish() { while [ -n "$(jobs -rp)" ]; do wait -n; done; wait; }
 pretrain=(--criterion vtlm_loss --arch vtlm_tiny --mask-prob "$MASK_PROB")
 launch tlm "$PRETRAIN" --task tlm "${pretrain[@]}"
 launch vtlm "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" "${pretrain[@]}"
+launch vtlm_entity "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" "${pretrain[@]}" \
+    --entity-mask-prob "$ENTITY_MASK"
 
 mt=(--task multimodal_translation --arch vtlm_translation_tiny --criterion label_smoothed_cross_entropy
     --label-smoothing 0.1 --dropout 0.3)
@@ -89,14 +96,23 @@ launch nmt_tlm "$UPDATES" "${mt[@]}" --pretrained-checkpoint "$WORK/tlm/checkpoi
 launch mmt_vtlm "$UPDATES" "${mt[@]}" "${images[@]}" --pretrained-checkpoint "$WORK/vtlm/checkpoint_last.pt"
 launch mmt_vtlm_degraded "$UPDATES" "${mt[@]}" "${images[@]}" "${degrade[@]}" \
     --pretrained-checkpoint "$WORK/vtlm/checkpoint_last.pt"
+launch mmt_vtlm_entity "$UPDATES" "${mt[@]}" "${images[@]}" \
+    --pretrained-checkpoint "$WORK/vtlm_entity/checkpoint_last.pt"
 finish
 
-if [ ! -f "$WORK/probes/probes.json" ]; then
+systems=()
+for name in nmt nmt_tlm mmt mmt_vtlm mmt_degraded mmt_vtlm_degraded mmt_vtlm_entity; do
+    systems+=("$name=$WORK/$name/checkpoint_last.pt")
+done
+# probed again when a system is not in the probes yet (a run from before it existed)
+if ! python - "$WORK/probes/probes.json" "${systems[@]%%=*}" <<'PY'
+import json, sys
+from pathlib import Path
+path = Path(sys.argv[1])
+sys.exit(not path.is_file() or bool(set(sys.argv[2:]) - {r["model"] for r in json.loads(path.read_text())}))
+PY
+then
     stage "probe suite on test_2016_flickr (beam $BEAM)"
-    systems=()
-    for name in nmt nmt_tlm mmt mmt_vtlm mmt_degraded mmt_vtlm_degraded; do
-        systems+=("$name=$WORK/$name/checkpoint_last.pt")
-    done
     vtlm-probe suite --translation "${systems[@]}" --data "$DATA" --region-features "$FEATURES" \
         --split test_2016_flickr --seeds "$SEED" --beam "$BEAM" --out "$WORK/probes" > /dev/null
 fi

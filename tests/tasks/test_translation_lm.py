@@ -237,3 +237,43 @@ def test_text_batch_is_fairseqs_collation(vtlm):
     for got, key, fill in ((net["src_tokens"], "source", pad), (net["src_langs"], "langs", 0),
                            (net["src_positions"], "positions", 0), (batch["target"], "target", pad)):  # fmt: skip
         assert torch.equal(got, data_utils.collate_tokens([s[key] for s in items], fill)), key
+
+
+def test_entity_masking_hides_entities_in_both_languages_and_leaves_the_other_masks(toy_data, vtlm):
+    """--entity-mask-prob 1 with the toy world's lexicon: every English noun of
+    it and its German noun are [MASK] and predicted; every other position is
+    masked exactly as without the option; validation has no entity masks."""
+    from vtlm_fairseq.data.words import EntityWords, word_spans
+
+    data, store, world = toy_data
+    cfg, task = setup_fairseq([str(data), "--task", "visual_tlm", "--region-features", str(store),
+                               "--entity-mask-prob", "1.0", "--entity-words", str(world / "lexicon.json")] + TINY)  # fmt: skip
+    plain = vtlm[1]
+    words, d = EntityWords.load(world / "lexicon.json"), task.dictionary
+    masked_entities = 0
+    for split in ("train", "valid"):
+        task.load_dataset(split)
+        ds, base = task.dataset(split), plain.dataset(split)
+        ds.set_epoch(2), base.set_epoch(2)
+        for i in range(len(ds)):
+            item, ref, pair = ds[i], base[i], int(ds.pair_indices[i])
+            src, tgt = ds.src[pair].tolist(), ds.tgt[pair].tolist()
+            entity = torch.zeros(len(item["source"]), dtype=torch.bool)
+            german = set()
+            for word, start, end in word_spans(d, src):
+                if word in words.german:
+                    entity[1 + start : 1 + end], german = True, german | words.german[word]
+            for word, start, end in word_spans(d, tgt):
+                if word in german:
+                    entity[len(src) + 2 + start : len(src) + 2 + end] = True
+            if split == "valid":
+                assert torch.equal(item["source"], ref["source"]) and torch.equal(item["target"], ref["target"])
+                continue
+            masked_entities += int(entity.sum())
+            assert (item["source"][entity] == task.mask_idx).all()
+            tokens = torch.where(ref["target"].ne(d.pad()), ref["target"], ref["source"])
+            assert torch.equal(item["target"][entity], tokens[entity])
+            assert torch.equal(item["source"][~entity], ref["source"][~entity])
+            assert torch.equal(item["target"][~entity], ref["target"][~entity])
+            assert torch.equal(item["region_category"], ref["region_category"])
+    assert masked_entities > len(task.dataset("train"))  # the lexicon's nouns are in most captions

@@ -11,8 +11,13 @@ from fairseq.data import FairseqDataset
 
 from ..errors import InputError
 from .batching import KeepAllBatchesMixin, first_epoch_seed
+from .entity_masking import EntityMasker
 from .masking import MASK, NOT_SELECTED, categories, check_probs, mask_text, select, swap_sources
 from .region_dataset import RegionFeatureDataset
+from .words import EntityWords
+
+# the entity masks' draws, apart from the text and region masks of the same pair
+_ENTITY_STREAM = 0xE7
 
 
 @dataclass
@@ -24,12 +29,17 @@ class MaskingSettings:
     # "mask": a masked region's feature is zeroed and its projection replaced
     # by the [MASK] token embedding; "zero": the feature is only zeroed
     region_mask_type: str = "mask"
+    # each English entity word, with its German translations in the pair,
+    # replaced by [MASK] and predicted (EntityMasker); 0: off
+    entity_prob: float = 0.0
 
     def __post_init__(self):
         self.text_probs = check_probs(self.text_probs, "text mask probabilities")
         self.region_probs = check_probs(self.region_probs, "region mask probabilities")
         if self.region_mask_type not in ("mask", "zero"):
             raise InputError(f"region mask type must be 'mask' or 'zero': {self.region_mask_type}")
+        if not 0.0 <= self.entity_prob <= 1.0:
+            raise InputError(f"entity mask probability must lie in [0, 1]: {self.entity_prob}")
 
 
 def _pad_right(values: List[torch.Tensor], pad: int) -> torch.Tensor:
@@ -57,6 +67,7 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         seed: int = 1,
         shuffle: bool = True,
         deterministic: bool = False,
+        entity_words: Optional[EntityWords] = None,
     ):
         super().__init__()
         if len(src) != len(tgt):
@@ -69,6 +80,11 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
         self.src_lang, self.tgt_lang, self.img_lang = lang_ids
         self.masking = masking
         self.mask_idx = mask_idx
+        if masking.entity_prob > 0 and entity_words is None:
+            raise ValueError("entity masking needs the entity words")
+        self.entity_masker = (
+            EntityMasker(dictionary, entity_words, masking.entity_prob) if masking.entity_prob > 0 else None
+        )
         self.pair_indices = (
             np.arange(len(src), dtype=np.int64) if pair_indices is None else np.asarray(pair_indices)
         )
@@ -148,6 +164,10 @@ class TLMDataset(KeepAllBatchesMixin, FairseqDataset):
             rng, tokens, eligible, self.masking.text_prob, self.masking.text_probs,
             self.mask_idx, self.random_vocab,
         )  # fmt: skip
+        if self.entity_masker is not None:
+            # after the text draws, from a stream of its own: the other masks stay as without it
+            chosen = self.entity_masker.positions(self._rng(pair, _ENTITY_STREAM), src, tgt, n_src + 1)
+            source[chosen], cat[chosen] = self.mask_idx, MASK
         target = np.where(cat != NOT_SELECTED, tokens, self.pad)
         item = {
             "id": index,

@@ -4,7 +4,7 @@ sentence pairs of a joined-dictionary translation data-bin."""
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from fairseq import utils
 from fairseq.dataclass import FairseqDataclass
@@ -13,6 +13,7 @@ from omegaconf import II, MISSING
 
 from ..data.splits import MASK_SYMBOL, load_pair_text, load_vocabulary, split_data_path
 from ..data.tlm_dataset import MaskingSettings, TLMDataset
+from ..data.words import EntityWords
 from ..errors import InputError
 from ..languages import IMG_LANG, language_ids
 
@@ -28,6 +29,17 @@ class TranslationLMConfig(FairseqDataclass):
     mask_probs: List[float] = field(
         default_factory=lambda: [0.8, 0.1, 0.1],
         metadata={"help": "of the predicted tokens: [MASK], kept, random token"},
+    )
+    entity_mask_prob: float = field(
+        default=0.0,
+        metadata={"help": "training: each English entity word (--entity-words) is masked with this probability "
+                  "together with its German translations in the pair (all their pieces, always [MASK]), on "
+                  "top of --mask-prob, so that only the image and the context tell what it was (default: 0, off)"},
+    )
+    entity_words: Optional[str] = field(
+        default=None,
+        metadata={"help": "entity word list for --entity-mask-prob (JSON: the probes' format, or a toy world's "
+                  "lexicon.json; default: the Multi30k list, resources/entity_words.en-de.json)"},
     )
     max_positions: int = field(default=512, metadata={"help": "longest sentence (+1), per half of a pair"})
     train_subset: str = II("dataset.train_subset")
@@ -96,6 +108,7 @@ class TranslationLMTaskBase(FairseqTask):
             # validation: a fixed seed and [MASK] only, as the reference
             text_probs=self.cfg.mask_probs if training else [1.0, 0.0, 0.0],
             region_prob=0.0,
+            entity_prob=self.cfg.entity_mask_prob if training else 0.0,
         )
 
     def load_regions(self, split, data_path, num_pairs):
@@ -107,18 +120,24 @@ class TranslationLMTaskBase(FairseqTask):
         src, tgt = load_pair_text(data_path, split, self.cfg.source_lang, self.cfg.target_lang, self.dictionary)
         regions, pair_indices = self.load_regions(split, data_path, len(src))
         training = split == self.cfg.train_subset
+        masking = self.masking_settings(training)
+        entity_words = EntityWords.load(self.cfg.entity_words) if masking.entity_prob > 0 else None
+        if entity_words is not None:
+            logger.info("entity masking: each of %d English entity words with %.2f, with its German "
+                        "translations", len(entity_words.german), masking.entity_prob)  # fmt: skip
         self.datasets[split] = TLMDataset(
             src,
             tgt,
             self.dictionary,
             (self.lang_ids[self.cfg.source_lang], self.lang_ids[self.cfg.target_lang], self.lang_ids[IMG_LANG]),
-            self.masking_settings(training),
+            masking,
             self.mask_idx,
             regions=regions,
             pair_indices=pair_indices,
             seed=self.cfg.seed,
             shuffle=training,
             deterministic=not training,
+            entity_words=entity_words,
         )
         logger.info(
             "%s %s: %d sentence pairs%s",
