@@ -26,7 +26,9 @@
 # SCENE_POOL (the detections' filling classes, default non-entity: the
 # image tells which entity a caption names; named: the corpus's most named
 # classes fill every image, as in the first measurements), JOBS (trainings
-# run at once, default 1; with JOBS>1 each gets OMP_NUM_THREADS=cores/JOBS).
+# run at once, default 1; with JOBS>1 each gets OMP_NUM_THREADS=cores/JOBS),
+# SYSTEMS (which of the systems above, default all; the pre-trainings they
+# need are trained, the others not).
 # Every stage whose output exists is reused; a killed run resumes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -41,6 +43,12 @@ SEED="${SEED:-1}"
 BEAM="${BEAM:-5}"
 SCENE_POOL="${SCENE_POOL:-non-entity}"
 JOBS="${JOBS:-1}"
+ALL_SYSTEMS=(nmt nmt_tlm mmt mmt_vtlm mmt_degraded mmt_vtlm_degraded mmt_vtlm_entity)
+SYSTEMS="${SYSTEMS:-${ALL_SYSTEMS[*]}}"
+for name in $SYSTEMS; do
+    [[ " ${ALL_SYSTEMS[*]} " == *" $name "* ]] || { echo "SYSTEMS: no system '$name' (one of: ${ALL_SYSTEMS[*]})" >&2; exit 2; }
+done
+wanted() { for name in "$@"; do [[ " $SYSTEMS " == *" $name "* ]] && return 0; done; return 1; }
 THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}"
 M30K="$SHARED/data/multi30k"
 DATA="$WORK/data-bin"
@@ -73,15 +81,17 @@ train() {  # name, max updates, fairseq-train args...
 # a failed or stopped run leaves no training behind (each job's fairseq-train, then the job)
 trap 'for j in $(jobs -p); do pkill -TERM -P "$j" || true; kill "$j" 2>/dev/null || true; done' EXIT
 launch() {  # train, JOBS at a time; a failure stops the script
+    [[ " ${ALL_SYSTEMS[*]} " == *" $1 "* ]] && ! wanted "$1" && return 0
     [ "$JOBS" -le 1 ] && { train "$@"; return; }
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     train "$@" &
 }
 finish() { while [ -n "$(jobs -rp)" ]; do wait -n; done; wait; }
 pretrain=(--criterion vtlm_loss --arch vtlm_tiny --mask-prob "$MASK_PROB")
-launch tlm "$PRETRAIN" --task tlm "${pretrain[@]}"
-launch vtlm "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" "${pretrain[@]}"
-launch vtlm_entity "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" "${pretrain[@]}" \
+wanted nmt_tlm && launch tlm "$PRETRAIN" --task tlm "${pretrain[@]}"
+wanted mmt_vtlm mmt_vtlm_degraded && launch vtlm "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" \
+    "${pretrain[@]}"
+wanted mmt_vtlm_entity && launch vtlm_entity "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" "${pretrain[@]}" \
     --entity-mask-prob "$ENTITY_MASK"
 
 mt=(--task multimodal_translation --arch vtlm_translation_tiny --criterion label_smoothed_cross_entropy
@@ -101,7 +111,7 @@ launch mmt_vtlm_entity "$UPDATES" "${mt[@]}" "${images[@]}" \
 finish
 
 systems=()
-for name in nmt nmt_tlm mmt mmt_vtlm mmt_degraded mmt_vtlm_degraded mmt_vtlm_entity; do
+for name in $SYSTEMS; do
     systems+=("$name=$WORK/$name/checkpoint_last.pt")
 done
 # probed again when a system is not in the probes yet (a run from before it existed)
