@@ -26,7 +26,8 @@
 # SCENE_POOL (the detections' filling classes, default non-entity: the
 # image tells which entity a caption names; named: the corpus's most named
 # classes fill every image, as in the first measurements), JOBS (trainings
-# run at once, default 1; with JOBS>1 each gets OMP_NUM_THREADS=cores/JOBS),
+# run at once, default 1; each gets OMP_NUM_THREADS=cores/JOBS unless
+# OMP_NUM_THREADS is set),
 # SYSTEMS (which of the systems above, default all; the pre-trainings they
 # need are trained, the others not).
 # Every stage whose output exists is reused; a killed run resumes.
@@ -43,6 +44,7 @@ SEED="${SEED:-1}"
 BEAM="${BEAM:-5}"
 SCENE_POOL="${SCENE_POOL:-non-entity}"
 JOBS="${JOBS:-1}"
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || { echo "JOBS=$JOBS: a whole number of trainings at once, at least 1" >&2; exit 2; }
 ALL_SYSTEMS=(nmt nmt_tlm mmt mmt_vtlm mmt_degraded mmt_vtlm_degraded mmt_vtlm_entity)
 SYSTEMS="${SYSTEMS:-${ALL_SYSTEMS[*]}}"
 for name in $SYSTEMS; do
@@ -60,7 +62,14 @@ if [ ! -f "$DATA/prepare.json" ]; then
     stage "data-bin (Multi30k, all splits)"
     vtlm-prepare "$M30K/raw" "$DATA" --image-splits "$M30K/image_splits" --force
 fi
-if [ ! -f "$FEATURES" ]; then
+if [ -f "$FEATURES" ]; then  # reused: the scene pool it was made with must be the one asked for
+    made_with="$(python -c 'import h5py, json, sys
+with h5py.File(sys.argv[1], "r") as f:
+    print(json.loads(f.attrs.get("simulation", "{}")).get("scene_pool", "named"))' "$FEATURES")"
+    [ "$made_with" = "$SCENE_POOL" ] || {
+        echo "$FEATURES: made with SCENE_POOL=$made_with, not $SCENE_POOL (another WORK folder, or SCENE_POOL=$made_with)" >&2
+        exit 2; }
+else
     stage "simulated detections -> $FEATURES"
     vtlm-toy-world caption-detections "$M30K/raw" "$M30K/image_splits" "$FEATURES" \
         --num-regions 12 --feature-dim 256 --scene-pool "$SCENE_POOL" --seed "$SEED" > "$WORK/detections.json"
@@ -78,15 +87,20 @@ train() {  # name, max updates, fairseq-train args...
     touch "$WORK/$name/finished"
     stage "trained $name"
 }
-# a failed or stopped run leaves no training behind (each job's fairseq-train, then the job)
+# a failed or stopped run leaves no training behind: each job's fairseq-train, then the job
+# (trainings always run as jobs, so that a TERM or HUP reaches this trap at once)
 trap 'for j in $(jobs -p); do pkill -TERM -P "$j" || true; kill "$j" 2>/dev/null || true; done' EXIT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+pids=()
 launch() {  # train, JOBS at a time; a failure stops the script
     [[ " ${ALL_SYSTEMS[*]} " == *" $1 "* ]] && ! wanted "$1" && return 0
-    [ "$JOBS" -le 1 ] && { train "$@"; return; }
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
     train "$@" &
+    pids+=("$!")
 }
-finish() { while [ -n "$(jobs -rp)" ]; do wait -n; done; wait; }
+# every launched training's own status: two ending together are both checked
+finish() { for pid in "${pids[@]}"; do wait "$pid"; done; pids=(); }
 pretrain=(--criterion vtlm_loss --arch vtlm_tiny --mask-prob "$MASK_PROB")
 wanted nmt_tlm && launch tlm "$PRETRAIN" --task tlm "${pretrain[@]}"
 wanted mmt_vtlm mmt_vtlm_degraded && launch vtlm "$PRETRAIN" --task visual_tlm --region-features "$FEATURES" \
@@ -110,9 +124,9 @@ launch mmt_vtlm_entity "$UPDATES" "${mt[@]}" "${images[@]}" \
     --pretrained-checkpoint "$WORK/vtlm_entity/checkpoint_last.pt"
 finish
 
-systems=()
-for name in $SYSTEMS; do
-    systems+=("$name=$WORK/$name/checkpoint_last.pt")
+systems=()  # every trained system, so that probing a new one keeps the others in the table
+for name in "${ALL_SYSTEMS[@]}"; do
+    [ -f "$WORK/$name/finished" ] && systems+=("$name=$WORK/$name/checkpoint_last.pt")
 done
 # probed again when a system is not in the probes yet (a run from before it existed)
 if ! python - "$WORK/probes/probes.json" "${systems[@]%%=*}" <<'PY'

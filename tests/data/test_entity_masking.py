@@ -8,13 +8,13 @@ from fairseq.data import Dictionary
 from vtlm_fairseq.data.entity_masking import EntityMasker
 from vtlm_fairseq.data.words import EntityWords
 
-WORDS = EntityWords({"dog": {"hund", "hunde"}, "surfboard": {"surfbrett"}, "man": {"mann"}})
+WORDS = EntityWords({"dog": {"hund", "hunde"}, "dogs": {"hund", "hunde"}, "surfboard": {"surfbrett"}})
 
 
 @pytest.fixture
 def dictionary():
     d = Dictionary()
-    for piece in "a dog runs on the surf@@ board . ein hund läuft auf dem surf@@ brett hunde".split():
+    for piece in "a dog dogs runs on the surf@@ board . ein hund läuft auf dem surf@@ brett hunde".split():
         d.add_symbol(piece)
     return d
 
@@ -52,5 +52,20 @@ def test_one_draw_per_english_entity_decides_its_german_too(dictionary):
 
 def test_german_word_without_its_english_entity_is_left(dictionary):
     src, tgt = encode(dictionary, "a dog runs ."), encode(dictionary, "hunde läuft auf dem surf@@ brett .")
-    chosen = EntityMasker(dictionary, WORDS, 1.0).positions(np.random.default_rng(0), src, tgt, 10)
-    assert sorted(chosen.tolist()) == [2, 10]  # dog and hunde; surfbrett's English is not in the source
+    chosen = EntityMasker(dictionary, WORDS, 1.0).positions(np.random.default_rng(0), src, tgt, len(src) + 2)
+    assert sorted(chosen.tolist()) == [2, 7]  # dog and hunde; surfbrett's English is not in the source
+
+
+def test_repeated_entity_and_words_sharing_its_translations_are_one_draw(dictionary):
+    """"a dog ... dogs": masking one of them and not the other would give the
+    masked one away, so they share a draw."""
+    src = encode(dictionary, "a dog runs on the dog dogs surf@@ board .")
+    tgt = encode(dictionary, "ein hund läuft auf hunde .")
+    tgt_start = len(src) + 2
+    masker, seen = EntityMasker(dictionary, WORDS, 0.5), set()
+    for seed in range(30):
+        chosen = set(masker.positions(np.random.default_rng(seed), src, tgt, tgt_start).tolist())
+        dogs = {2, 6, 7, tgt_start + 1, tgt_start + 4}
+        assert dogs <= chosen or not dogs & chosen
+        seen.add(dogs <= chosen)
+    assert seen == {True, False}
