@@ -70,10 +70,10 @@ def _die_at(where, count):
         fs.os.replace = dying(os.replace, where.endswith("before"))
     elif where == "add":
         fs.FeatureStoreWriter.add = dying(fs.FeatureStoreWriter.add, True)
-    elif where == "rmtree":
+    elif where in ("rmtree-before", "rmtree-after"):
         import vtlm_fairseq.features.resumable_store as rs
 
-        rs.shutil.rmtree = dying(rs.shutil.rmtree, False)
+        rs.shutil.rmtree = dying(rs.shutil.rmtree, where.endswith("before"))
     else:
         raise AssertionError(where)
 
@@ -139,13 +139,15 @@ def test_sigkill_at_random_moments(uninterrupted, tmp_path):
 @pytest.mark.parametrize(
     "die_at",
     [("add", 1), ("add", PART + 2), ("replace-before", 1), ("replace-after", 1), ("replace-before", 3),
-     ("add", 59), ("replace-before", 16), ("replace-after", 16), ("rmtree", 1)],
+     ("add", 59), ("replace-before", 16), ("replace-after", 16), ("replace-after", 17), ("rmtree-before", 1),
+     ("rmtree-after", 1)],
     ids=lambda d: f"{d[0]}#{d[1]}",
 )  # fmt: skip
 def test_sigkill_at_each_step_of_writing(uninterrupted, tmp_path, die_at):
     """Kills at chosen points: inside a part, as a part is renamed into place,
-    just before and after the final merge replaces OUTPUT (the 16th rename:
-    15 parts of 4, then the merge), and before the parts are removed."""
+    around the final merge (renames 1-15: the 15 parts of 4; 16: the merged
+    store into place beside OUTPUT; 17: the merged store replaces OUTPUT),
+    and just before and after the parts are removed."""
     reference, names, _ = uninterrupted
     out = tmp_path / "f.h5"
     assert not run_child(build, out, names, None, die_at)

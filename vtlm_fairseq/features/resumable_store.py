@@ -169,8 +169,11 @@ class ResumableStoreBuilder:
                     raise FeatureStoreError(f"{self.output}: no image was extracted, so no store was written")
                 with FeatureStoreWriter(self.output, feature_dim=self.feature_dim, attrs=self.attrs, **self.layout):
                     pass
-                return 0
-            return len(self.existing)
+            # a run killed after its merge replaced OUTPUT left the parts folder,
+            # whose parts _recover_parts found in OUTPUT and removed
+            if self.parts.is_dir():
+                shutil.rmtree(self.parts)
+            return 0 if self.existing is None else len(self.existing)
         inputs = ([self.output] if self.existing is not None else []) + parts
         merged = self.output.with_name(self.output.name + ".merged")
         partial_path(merged).unlink(missing_ok=True)
