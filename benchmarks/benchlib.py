@@ -371,24 +371,43 @@ class TrainingLoop:
 # copy of its parent: a child of a big benchmark process reports at least the
 # parent's size. So a small launcher (a fresh python) starts the command and
 # reports that grandchild's peak from wait4.
-_RSS_LAUNCHER = """import os, subprocess, sys
+_RSS_LAUNCHER = """import os, subprocess, sys, time
+start = time.perf_counter()
 child = subprocess.Popen(sys.argv[1:])
 _, status, usage = os.wait4(child.pid, 0)
-print(f"\\npeak_rss_kb {usage.ru_maxrss}")
+print(f"\\npeak_rss_kb {usage.ru_maxrss} cpu_s {usage.ru_utime + usage.ru_stime} wall_s {time.perf_counter() - start}")
 sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def peak_rss_mb(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> Tuple[float, str]:
-    """Runs a command; returns its peak resident set size in MB (the largest
-    process of its tree) and its output. Raises with the output tail when it
-    fails."""
+@dataclass
+class ProcessRun:
+    """A command run to its end in a child: its tree's peak RSS (the largest
+    process), CPU seconds (with the children it waited for: DataLoader
+    workers), wall seconds, and its output."""
+
+    peak_rss_mb: float
+    cpu: float
+    wall: float
+    output: str
+
+
+def run_process(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> ProcessRun:
+    """Raises with the output tail when the command fails."""
     proc = subprocess.run([sys.executable, "-c", _RSS_LAUNCHER, *map(str, command)], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, env=env)  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, command))} failed ({proc.returncode}):\n{proc.stdout[-3000:]}")
     output, _, last = proc.stdout.rstrip().rpartition("\n")
-    return int(last.split()[-1]) / 1024, output
+    fields = last.split()
+    return ProcessRun(int(fields[1]) / 1024, float(fields[3]), float(fields[5]), output)
+
+
+def peak_rss_mb(command: Sequence[str], env: Optional[Dict[str, str]] = None) -> Tuple[float, str]:
+    """Runs a command; returns its peak resident set size in MB (the largest
+    process of its tree) and its output."""
+    run = run_process(command, env)
+    return run.peak_rss_mb, run.output
 
 
 def fairseq_command(name: str) -> str:

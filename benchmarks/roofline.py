@@ -65,6 +65,8 @@ def configurations(data) -> Dict[str, List[str]]:
     return {name: argv + COMMON for name, argv in configs.items()}
 
 
+BATCH = int(COMMON[COMMON.index("--batch-size") + 1])
+
 # updates per timed block: a base step takes some 20 tiny ones
 STEPS = {"VTLM vtlm_base": 1}
 
@@ -222,11 +224,28 @@ def workers_row(argv: List[str], args) -> Row:
                      clock="tree", note="CPU of the process tree: the worker's included")  # fmt: skip
 
 
+def dropout_row(name: str, argv: List[str], args) -> Row:
+    """The same step with --cpu-dropout fast (the default) and torch (torch's
+    dropout and fairseq's attention path, as before issue 13's dropout change)."""
+    loops = {f"--cpu-dropout {mode}": TrainingLoop(argv + ["--num-workers", "0", "--cpu-dropout", mode],
+                                                   units="nsentences")
+             for mode in ("fast", "torch")}  # fmt: skip
+    steps = args.steps or STEPS.get(name, 3)
+    samples = interleaved({k: loop.block(steps) for k, loop in loops.items()}, args.repeats, args.warmup)
+    row = timed_row("cpu dropout", "pairs/s", samples, "--cpu-dropout fast", "--cpu-dropout torch", None)
+    row.variant = f"{name}: --cpu-dropout fast"
+    fast_ms, torch_ms = (BATCH * 1000 / v for v in (row.value, row.baseline_value))
+    row.note = f"step {fast_ms:.0f} ms vs {torch_ms:.0f} ms"
+    return row
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = base_parser(__doc__.split("\n\n")[0], repeats=5)
     parser.add_argument("--steps", type=int, help="updates per timed block (default: 3, 1 at vtlm_base)")
     parser.add_argument("--configs", nargs="+", help="configurations (default: all; names as in the table)")
     parser.add_argument("--no-workers", action="store_true", help="leave out the --num-workers 1 vs 0 row")
+    parser.add_argument("--no-dropout", action="store_true",
+                        help="leave out the rows comparing each configuration with --cpu-dropout torch")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     quiet_logging()
@@ -237,6 +256,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         if name not in configs:
             parser.error(f"--configs {name}: one of {', '.join(configs)}")
         report.add(roofline_row(name, configs[name], args))
+        if not args.no_dropout:
+            report.add(dropout_row(name, configs[name], args))
     if not args.no_workers:
         report.add(workers_row(configs["VTLM vtlm_tiny"], args))
     report.finish()

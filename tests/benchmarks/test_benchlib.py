@@ -49,3 +49,16 @@ def test_report_table_and_json(tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "demo.json").read_text())
     assert saved["rows"][0]["met"] is True and saved["environment"]["torch_threads"] >= 1
     assert format_rows(report.rows).splitlines()[0].startswith("benchmark")
+
+
+def test_run_process_reports_the_childs_cpu_memory_and_output():
+    import sys
+
+    from benchmarks.benchlib import run_process
+
+    script = ("import time; b = bytearray(150 * 2**20); end = time.process_time() + 0.3\n"
+              "while time.process_time() < end: pass\nprint('done')")  # fmt: skip
+    run = run_process([sys.executable, "-c", script])
+    assert run.cpu >= 0.28 and run.wall >= run.cpu * 0.5
+    assert run.peak_rss_mb >= 150
+    assert run.output.strip() == "done"

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import (
     FairseqEncoder,
     FairseqEncoderModel,
@@ -17,11 +17,12 @@ from fairseq.models import (
     register_model_architecture,
 )
 from fairseq.models.transformer import TransformerConfig
-from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 from fairseq.utils import safe_getattr
 
 from ..languages import IMG_LANG
+from ..modules.cpu_dropout import set_cpu_dropout
 from ..modules.embeddings import RegionEmbedding, TextEmbedding
+from ..modules.transformer_layer import TransformerEncoderLayer
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,12 @@ class VTLMConfig(FairseqDataclass):
         default=False, metadata={"help": "no bias in the box projection (the reference's --reg_enc_bias false)"}
     )
     num_region_classes: int = field(default=601, metadata={"help": "detector classes (MRC targets)"})
+    cpu_dropout: ChoiceEnum(["fast", "torch"]) = field(
+        default="fast",
+        metadata={"help": "dropout masks when training on CPU: fast (numpy SFC64 draws, seeded from torch's "
+                  "generator: reproducible, several times cheaper) or torch (torch's own dropout, as releases "
+                  "before 2026-12-08: reproduces their seeded runs); GPUs always use torch's"},
+    )
 
 
 class VTLMEncoder(FairseqEncoder):
@@ -81,10 +88,11 @@ class VTLMEncoder(FairseqEncoder):
             if with_heads:
                 self.region_classifier = nn.Linear(dim, cfg.num_region_classes)
         self.layers = nn.ModuleList(
-            [TransformerEncoderLayerBase(layer_config(cfg)) for _ in range(cfg.encoder_layers)]
+            [TransformerEncoderLayer(layer_config(cfg)) for _ in range(cfg.encoder_layers)]
         )
         set_layer_norm_eps(self.layers, cfg.layer_norm_eps)
         self.lm_bias = nn.Parameter(torch.zeros(len(dictionary))) if with_heads else None
+        set_cpu_dropout(self, cfg.cpu_dropout == "fast")
 
     def forward(
         self,

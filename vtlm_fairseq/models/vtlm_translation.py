@@ -21,13 +21,14 @@ from fairseq.models import (
     register_model,
     register_model_architecture,
 )
-from fairseq.modules.transformer_layer import TransformerDecoderLayerBase
 from fairseq.utils import safe_getattr
 
 from ..checkpoints import CheckpointError, read_fairseq_checkpoint
 from ..errors import InputError
 from ..languages import IMG_LANG, language_ids
+from ..modules.cpu_dropout import set_cpu_dropout
 from ..modules.embeddings import TextEmbedding
+from ..modules.transformer_layer import TransformerDecoderLayer
 from .vtlm import VTLMConfig, VTLMEncoder, layer_config, set_layer_norm_eps, vtlm_base, vtlm_tiny
 
 logger = logging.getLogger(__name__)
@@ -142,9 +143,10 @@ class TranslationDecoder(FairseqIncrementalDecoder):
         self.embed_tokens = self.text_embedding.embed_tokens
         self.embed_langs = self.text_embedding.embed_langs
         tc = layer_config(cfg)
-        self.layers = nn.ModuleList([TransformerDecoderLayerBase(tc) for _ in range(cfg.decoder_layers)])
+        self.layers = nn.ModuleList([TransformerDecoderLayer(tc) for _ in range(cfg.decoder_layers)])
         set_layer_norm_eps(self.layers, cfg.layer_norm_eps)
         self.lm_bias = nn.Parameter(torch.zeros(len(dictionary)))
+        set_cpu_dropout(self, cfg.cpu_dropout == "fast")
         self._future_mask = torch.empty(0)
 
     def forward(self, prev_output_tokens, encoder_out=None, incremental_state=None, features_only=False, **unused):

@@ -11,7 +11,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from fairseq.modules import FairseqDropout, LayerNorm, LearnedPositionalEmbedding
+from fairseq.modules import LayerNorm, LearnedPositionalEmbedding
+
+from .cpu_dropout import CpuDropout
 
 
 def init_embedding(embedding: nn.Embedding, dim: int, padding_idx: Optional[int] = None):
@@ -37,7 +39,7 @@ class TextEmbedding(nn.Module):
         self.embed_positions = LearnedPositionalEmbedding(max_positions, dim, padding_idx=None)
         init_embedding(self.embed_positions, dim)
         self.layer_norm = LayerNorm(dim, eps=layer_norm_eps)
-        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.dropout_module = CpuDropout(dropout, module_name=self.__class__.__name__)
 
     @classmethod
     def build(cls, vocab_size, num_langs, dim, padding_idx, max_positions, dropout, layer_norm_eps):
@@ -72,7 +74,7 @@ class RegionEmbedding(nn.Module):
         self.embed_langs = embed_langs
         self.img_lang = img_lang
         self.layer_norm = LayerNorm(embed_dim, eps=layer_norm_eps) if layer_norm else None
-        self.dropout_module = FairseqDropout(dropout, module_name=self.__class__.__name__)
+        self.dropout_module = CpuDropout(dropout, module_name=self.__class__.__name__)
 
     def forward(self, features, boxes, masked_input=None, mask_embedding=None):
         """features (B, R, D) (float16 from the store: converted here, once
