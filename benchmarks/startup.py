@@ -8,7 +8,9 @@ task, data, model, the first step) and to ``--updates`` updates; the
 difference is the cost of the updates themselves. CPU is the process tree's
 from wait4 (DataLoader workers included), peak RSS its largest process.
 Variants run in interleaved rounds; rows compare each with its baseline
-round by round:
+round by round. The per-update figure is a difference of two processes, so
+the start-up's own spread (about +-0.5 s) moves it by about +-12 ms an
+update at 41 updates: use more updates for small effects.
 
 - ``--cpu-dropout fast`` (the default) against ``torch``: per update and
   the whole run;
@@ -17,7 +19,8 @@ round by round:
 - with ``--lean-python PATH`` (a venv holding the plugin without the
   [download] extra): the same command from that environment against this
   one. fairseq imports wandb, pandas and pyarrow at start-up when they are
-  installed (img2dataset brings them), before any plugin code runs.
+  installed (img2dataset brings them), before any plugin code runs; the
+  import of fairseq-train's modules and the plugin alone is measured too.
 
     python benchmarks/startup.py --json work_dirs/bench/startup.json [--lean-python VENV/bin/python]
 """
@@ -59,10 +62,29 @@ def variants(args) -> Dict[str, List[str]]:
     return found
 
 
-def measure(commands: Dict[str, List[str]], updates: int, repeats: int, warmup: int):
+IMPORTS = "import fairseq_cli.train, vtlm_fairseq"  # what fairseq-train loads before its first line of work
+
+
+def measure_imports(pythons: Dict[str, str], repeats: int, warmup: int):
+    """(samples, peak RSS per environment) of importing fairseq-train's
+    modules and the plugin, in interleaved rounds."""
+    samples: Dict[str, List[Sample]] = {n: [] for n in pythons}
+    rss: Dict[str, List[float]] = {n: [] for n in pythons}
+    names = list(pythons)
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = run_process([pythons[name], "-c", IMPORTS])
+            if round_index >= warmup:
+                samples[name].append(Sample(run.wall, run.cpu, 1))
+                rss[name].append(run.peak_rss_mb)
+    return samples, rss
+
+
+def measure(commands: Dict[str, List[str]], updates: int, repeats: int, warmup: int, threads: int):
     """(start-up samples, per-update samples, whole-run samples, peak RSS per
     variant): each round runs every variant to 1 and to ``updates`` updates."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     names = list(commands)
     first: Dict[str, List[Sample]] = {n: [] for n in names}
     per_update: Dict[str, List[Sample]] = {n: [] for n in names}
@@ -94,7 +116,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--lean-python", help="python of a venv without the [download] extra: a variant run from it")
     args = parser.parse_args(argv)
     commands = variants(args)
-    first, per_update, whole, rss = measure(commands, args.updates, args.repeats, args.warmup)
+    first, per_update, whole, rss = measure(commands, args.updates, args.repeats, args.warmup, args.threads)
     report = Report("startup", args)
     fast = "--cpu-dropout fast"
     row = timed_row("startup", "updates/s", per_update, fast, "--cpu-dropout torch")
@@ -112,6 +134,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         row = timed_row("startup", "runs/s", first, "lean environment", fast,
                         note="start-up + 1 update")  # fmt: skip
         report.add(row)
+        pythons = {"lean environment": args.lean_python, "this environment": sys.executable}
+        samples, import_rss = measure_imports(pythons, args.repeats, args.warmup)
+        cpu = {n: sorted(round(s.cpu, 2) for s in samples[n]) for n in pythons}
+        report.add(timed_row("startup", "imports/s", samples, "lean environment", "this environment",
+                             note=f"{IMPORTS}: CPU s {cpu['lean environment']} vs {cpu['this environment']}"))
+        lean_mb, this_mb = max(import_rss["lean environment"]), max(import_rss["this environment"])
+        report.add(Row("startup", "import peak RSS (MB)", "lean environment", "this environment", lean_mb, this_mb,
+                       lean_mb / this_mb, note=IMPORTS))  # fmt: skip
     for name in commands:
         cpu = sorted(s.cpu for s in first[name])
         report.extra[f"start-up + 1 update CPU s, {name}"] = [round(c, 2) for c in cpu]

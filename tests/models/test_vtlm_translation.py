@@ -177,3 +177,31 @@ def test_incremental_decoding_equals_full_forward(toy_data, features):
 def test_text_positions_ignore_padding():
     tokens = torch.tensor([[1, 1, 5, 6, 7], [5, 6, 7, 8, 1]])
     assert text_positions(tokens, 1).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 0]]
+
+
+@pytest.mark.parametrize("setting, fast", [([], True), (["--cpu-dropout", "torch"], False)])
+def test_cpu_dropout_setting_reaches_every_dropout(toy_data, setting, fast):
+    from vtlm_fairseq.modules.cpu_dropout import CpuDropout
+
+    _, _, model = build(toy_data, *setting)
+    dropouts = [m for m in model.modules() if isinstance(m, CpuDropout)]
+    # embeddings (2 + regions), and per layer: the layer's own, its activation's, its attentions'
+    layers = len(model.encoder.layers) + len(model.decoder.layers)
+    assert len(dropouts) == 3 + 2 * layers + len(model.encoder.layers) + 2 * len(model.decoder.layers)
+    assert all(d.fast is fast for d in dropouts)
+
+
+def test_checkpoint_saved_before_cpu_dropout_existed_loads(mmt_checkpoint, tmp_path):
+    """A cfg without ``cpu_dropout`` (older checkpoints) loads, with the default."""
+    from vtlm_fairseq.checkpoints import load_trained_model, read_fairseq_checkpoint
+
+    from omegaconf import OmegaConf
+
+    state = read_fairseq_checkpoint(mmt_checkpoint)
+    state["cfg"] = OmegaConf.to_container(state["cfg"], resolve=True, enum_to_str=True)  # as fairseq saves it
+    del state["cfg"]["model"]["cpu_dropout"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    models, cfg, _ = load_trained_model(old)
+    assert cfg.model.cpu_dropout == "fast"
+    assert torch.equal(models[0].state_dict()["decoder.lm_bias"], state["model"]["decoder.lm_bias"])

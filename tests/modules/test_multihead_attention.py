@@ -113,3 +113,34 @@ def test_eager_training_drops_attention_weights():
     torch.manual_seed(3)
     c = run(ours, "encoder", *inputs(), grads=False)[0]
     assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_a_query_with_every_key_padded_stays_finite():
+    """Left-padded targets give queries whose keys are all padding: finite
+    outputs and gradients (fairseq's own eager path gives NaN there), and
+    the other rows as fairseq computes them."""
+    ours, theirs = layer_pair(TransformerEncoderLayer, TransformerEncoderLayerBase, dropout=1e-9)
+    ours.train()
+    theirs.eval()
+    mask = padding(B, T)
+    mask[1] = True  # a sentence of padding only
+    x1, x2 = inputs()[0], inputs()[0]
+    out1, out2 = ours(x1, encoder_padding_mask=mask), theirs(x2, encoder_padding_mask=mask)
+    out1.pow(2).sum().backward()
+    assert torch.isfinite(out1).all() and torch.isfinite(x1.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters())
+    others = [i for i in range(B) if i != 1]
+    assert torch.allclose(out1[:, others], out2[:, others], atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", [torch.zeros(T, T, dtype=torch.uint8), torch.zeros(B * HEADS, T, T)])
+def test_masks_our_layers_never_pass_go_to_fairseqs_path(mask, monkeypatch):
+    ours, _ = layer_pair(TransformerEncoderLayer, TransformerEncoderLayerBase)
+    ours.train()
+    monkeypatch.setattr(MultiheadAttention, "_eager_forward", lambda *a: pytest.fail("eager path taken"))
+    attention = ours.self_attn
+    x = inputs()[0]
+    try:
+        attention(x, x, x, attn_mask=mask, need_weights=False)
+    except (RuntimeError, AssertionError):
+        pass  # fairseq's (torch's) own verdict on the mask, whatever it is

@@ -198,6 +198,9 @@ def vtlm_base(args):
     args.encoder_embed_dim = safe_getattr(args, "encoder_embed_dim", 512)
     args.encoder_ffn_embed_dim = safe_getattr(args, "encoder_ffn_embed_dim", 2048)
     args.encoder_attention_heads = safe_getattr(args, "encoder_attention_heads", 8)
+    # checkpoints saved before --cpu-dropout existed name an architecture, and
+    # fairseq fills only what the architecture function sets
+    args.cpu_dropout = safe_getattr(args, "cpu_dropout", "fast")
 
 
 @register_model_architecture("vtlm", "vtlm_tiny")

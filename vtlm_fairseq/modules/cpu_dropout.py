@@ -72,7 +72,8 @@ class CpuDropout(FairseqDropout):
     fast = True
 
     def forward(self, x, inplace: bool = False):
-        if self.fast and self.p > 0 and x.device.type == "cpu" and (self.training or self.apply_during_inference):
+        # training only: dropout kept at inference (--retain-dropout) stays torch's
+        if self.fast and self.training and self.p > 0 and x.device.type == "cpu":
             return cpu_dropout(x, self.p)
         return super().forward(x, inplace=inplace)
 

@@ -39,14 +39,17 @@ class MultiheadAttention(multihead_attention.MultiheadAttention):
         before_softmax: bool = False,
         need_head_weights: bool = False,
     ):
-        if self._eager(query, key, incremental_state, before_softmax, need_head_weights):
+        if self._eager(query, key, incremental_state, need_weights, attn_mask, before_softmax, need_head_weights):
             return self._eager_forward(query, key, value, key_padding_mask, need_weights, attn_mask)
         return super().forward(
             query, key, value, key_padding_mask, incremental_state, need_weights,
             static_kv, attn_mask, before_softmax, need_head_weights,
         )  # fmt: skip
 
-    def _eager(self, query, key, incremental_state, before_softmax, need_head_weights) -> bool:
+    def _eager(self, query, key, incremental_state, need_weights, attn_mask, before_softmax,
+               need_head_weights) -> bool:  # fmt: skip
+        """Only where fairseq's result is reproduced: plain training
+        attention, masks as our layers pass them (2-D float or bool)."""
         dropout = self.dropout_module
         return (
             isinstance(dropout, CpuDropout)
@@ -59,10 +62,16 @@ class MultiheadAttention(multihead_attention.MultiheadAttention):
             and key.size(1) == query.size(1)
             and not before_softmax
             and not need_head_weights
+            # fairseq returns self-attention weights after dropout, cross-attention's before
+            and not (need_weights and not self.encoder_decoder_attention)
+            and (attn_mask is None or (attn_mask.dim() == 2 and (attn_mask.is_floating_point()
+                                                                 or attn_mask.dtype == torch.bool)))
             and self.bias_k is None
             and not self.add_zero_attn
             and not self.use_xformers
-        )
+            and not self.onnx_trace
+            and not self.skip_embed_dim_check
+        )  # fmt: skip
 
     def _eager_forward(self, query, key, value, key_padding_mask, need_weights, attn_mask):
         tgt_len, bsz, embed_dim = query.shape
@@ -70,6 +79,8 @@ class MultiheadAttention(multihead_attention.MultiheadAttention):
         rows = bsz * self.num_heads
         q = self.q_proj(query).view(tgt_len, rows, self.head_dim).transpose(0, 1)
         k = self.k_proj(key).view(src_len, rows, self.head_dim).transpose(0, 1)
+        # fairseq's cross-attention projects the values from the keys too
+        value = key if self.encoder_decoder_attention else value
         v = self.v_proj(value).view(src_len, rows, self.head_dim).transpose(0, 1)
         bias = self._mask_bias(key_padding_mask, attn_mask, bsz, src_len, q.dtype)
         if bias is None:
@@ -86,12 +97,15 @@ class MultiheadAttention(multihead_attention.MultiheadAttention):
         return out, weights.view(bsz, self.num_heads, tgt_len, src_len).mean(dim=1)
 
     def _mask_bias(self, key_padding_mask, attn_mask, bsz, src_len, dtype) -> Optional[torch.Tensor]:
-        """-inf where a key is padding (one row per batch x head, broadcast
-        over queries) plus the additive ``attn_mask`` (a bool one: -inf where True)."""
+        """A large negative where a key is padding (one row per batch x head,
+        broadcast over queries) plus the additive ``attn_mask`` (a bool one:
+        -inf where True). Finite, not -inf: a query whose keys are all padding
+        (left-padded targets) gets finite weights (uniform; torch's safe
+        softmax gives zeros) instead of NaNs that would reach every gradient."""
         bias = None
         if key_padding_mask is not None:
             bias = torch.zeros(bsz, self.num_heads, 1, src_len, dtype=dtype, device=key_padding_mask.device)
-            bias.masked_fill_(key_padding_mask.view(bsz, 1, 1, src_len).to(torch.bool), float("-inf"))
+            bias.masked_fill_(key_padding_mask.view(bsz, 1, 1, src_len).to(torch.bool), torch.finfo(dtype).min / 2)
             bias = bias.view(bsz * self.num_heads, 1, src_len)
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
