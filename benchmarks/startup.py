@@ -20,7 +20,9 @@ update at 41 updates: use more updates for small effects.
   [download] extra): the same command from that environment against this
   one. fairseq imports wandb, pandas and pyarrow at start-up when they are
   installed (img2dataset brings them), before any plugin code runs; the
-  import of fairseq-train's modules and the plugin alone is measured too.
+  import of fairseq-train's modules and the plugin alone is measured too,
+  and that environment with ``--data-buffer-size 2`` (fairseq's prefetch
+  thread holds 10 batches by default).
 
     python benchmarks/startup.py --json work_dirs/bench/startup.json [--lean-python VENV/bin/python]
 """
@@ -59,6 +61,8 @@ def variants(args) -> Dict[str, List[str]]:
     if args.lean_python:
         lean_train = str(Path(args.lean_python).parent / "fairseq-train")
         found["lean environment"] = [lean_train, *issue, "--num-workers", "0"]
+        # fairseq's prefetch thread holds --data-buffer-size batches (default 10), ~7.5 MB each here
+        found["lean, --data-buffer-size 2"] = found["lean environment"] + ["--data-buffer-size", "2"]
     return found
 
 
@@ -131,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         if name != fast:
             report.add(rss_row(rss, name, fast))
     if "lean environment" in commands:
+        report.add(rss_row(rss, "lean, --data-buffer-size 2", "lean environment"))
+        report.add(timed_row("startup", "updates/s", per_update, "lean, --data-buffer-size 2", "lean environment"))
         row = timed_row("startup", "runs/s", first, "lean environment", fast,
                         note="start-up + 1 update")  # fmt: skip
         report.add(row)
