@@ -76,19 +76,25 @@ def interleaved(blocks: Dict[str, Block], repeats: int, warmup: int = 1,
     variant always runs right after the same neighbour (caches, turbo).
     ``before(name)``, untimed, prepares a variant's block (e.g. evicts files
     from the page cache)."""
-    names = list(blocks)
-    samples: Dict[str, List[Sample]] = {name: [] for name in names}
+    samples: Dict[str, List[Sample]] = {name: [] for name in blocks}
+    for name, timed in rotated_rounds(list(blocks), repeats, warmup):
+        if before is not None:
+            before(name)
+        wall, cpu, tree = time.perf_counter(), time.process_time(), tree_cpu_time()
+        units = blocks[name]()
+        sample = Sample(time.perf_counter() - wall, time.process_time() - cpu, units, tree_cpu_time() - tree)
+        if timed:
+            samples[name].append(sample)
+    return samples
+
+
+def rotated_rounds(names: Sequence[str], repeats: int, warmup: int):
+    """(name, timed) in the order ``interleaved`` runs variants: ``warmup``
+    untimed rounds, then ``repeats`` timed ones, each round rotated by one."""
     for round_index in range(warmup + repeats):
         shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            if before is not None:
-                before(name)
-            wall, cpu, tree = time.perf_counter(), time.process_time(), tree_cpu_time()
-            units = blocks[name]()
-            sample = Sample(time.perf_counter() - wall, time.process_time() - cpu, units, tree_cpu_time() - tree)
-            if round_index >= warmup:
-                samples[name].append(sample)
-    return samples
+        for name in list(names[shift:]) + list(names[:shift]):
+            yield name, round_index >= warmup
 
 
 def median_rate(samples: Sequence[Sample], clock: str) -> float:

@@ -41,6 +41,7 @@ from benchmarks.benchlib import (  # noqa: E402
     Sample,
     base_parser,
     fairseq_command,
+    rotated_rounds,
     run_process,
     timed_row,
     toy_data,
@@ -74,14 +75,11 @@ def measure_imports(pythons: Dict[str, str], repeats: int, warmup: int):
     modules and the plugin, in interleaved rounds."""
     samples: Dict[str, List[Sample]] = {n: [] for n in pythons}
     rss: Dict[str, List[float]] = {n: [] for n in pythons}
-    names = list(pythons)
-    for round_index in range(warmup + repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            run = run_process([pythons[name], "-c", IMPORTS])
-            if round_index >= warmup:
-                samples[name].append(Sample(run.wall, run.cpu, 1))
-                rss[name].append(run.peak_rss_mb)
+    for name, timed in rotated_rounds(list(pythons), repeats, warmup):
+        run = run_process([pythons[name], "-c", IMPORTS])
+        if timed:
+            samples[name].append(Sample(run.wall, run.cpu, 1))
+            rss[name].append(run.peak_rss_mb)
     return samples, rss
 
 
@@ -89,18 +87,14 @@ def measure(commands: Dict[str, List[str]], updates: int, repeats: int, warmup: 
     """(start-up samples, per-update samples, whole-run samples, peak RSS per
     variant): each round runs every variant to 1 and to ``updates`` updates."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    names = list(commands)
-    first: Dict[str, List[Sample]] = {n: [] for n in names}
-    per_update: Dict[str, List[Sample]] = {n: [] for n in names}
-    whole: Dict[str, List[Sample]] = {n: [] for n in names}
-    rss: Dict[str, List[float]] = {n: [] for n in names}
-    for round_index in range(warmup + repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
-            one = run_process(commands[name] + ["--max-update", "1"], env)
-            many = run_process(commands[name] + ["--max-update", str(updates)], env)
-            if round_index < warmup:
-                continue
+    first: Dict[str, List[Sample]] = {n: [] for n in commands}
+    per_update: Dict[str, List[Sample]] = {n: [] for n in commands}
+    whole: Dict[str, List[Sample]] = {n: [] for n in commands}
+    rss: Dict[str, List[float]] = {n: [] for n in commands}
+    for name, timed in rotated_rounds(list(commands), repeats, warmup):
+        one = run_process(commands[name] + ["--max-update", "1"], env)
+        many = run_process(commands[name] + ["--max-update", str(updates)], env)
+        if timed:
             first[name].append(Sample(one.wall, one.cpu, 1))
             per_update[name].append(Sample(many.wall - one.wall, many.cpu - one.cpu, updates - 1))
             whole[name].append(Sample(many.wall, many.cpu, 1))
@@ -119,6 +113,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--updates", type=int, default=31, help="updates of the longer run (default: 31)")
     parser.add_argument("--lean-python", help="python of a venv without the [download] extra: a variant run from it")
     args = parser.parse_args(argv)
+    if args.lean_python and not os.access(Path(args.lean_python).parent / "fairseq-train", os.X_OK):
+        parser.error(f"--lean-python {args.lean_python}: no fairseq-train beside it (a venv's bin/python is expected)")
     commands = variants(args)
     first, per_update, whole, rss = measure(commands, args.updates, args.repeats, args.warmup, args.threads)
     report = Report("startup", args)

@@ -22,9 +22,7 @@ from .cpu_dropout import CpuDropout, use_cpu_dropout
 
 
 class MultiheadAttention(multihead_attention.MultiheadAttention):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        use_cpu_dropout(self)
+    """Built only by :func:`eager_on_cpu` from the attention a fairseq layer built."""
 
     def forward(
         self,
